@@ -1,0 +1,23 @@
+"""INSIGHT: interpretable, spatially grounded, hierarchical concepts in a CLIP vision encoder.
+
+snakemake --cores all                       # the paper's setup (config.yaml)
+snakemake --cores 2 --configfile config/demo.yaml   # the offline demo
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/features.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,115 @@
+"""Generated data for the offline demo and the tests: real image files in real layouts.
+
+:func:`make_scene_images` draws simple scenes (coloured shapes on textured
+backgrounds) as JPEG and PNG files in a folder; :func:`write_bad_images` adds one file
+of each kind the extraction stage must reject.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+}
+BACKGROUNDS = {
+    "sand": (214, 196, 150),
+    "grass": (90, 140, 70),
+    "sky": (150, 190, 235),
+    "stone": (128, 128, 128),
+}
+
+
+def draw_scene(
+    rng: np.random.Generator, size: tuple[int, int] = (320, 240)
+) -> tuple[Image.Image, list[dict]]:
+    """One scene: a noisy background and 1-3 shapes; returns the image and its objects."""
+    width, height = size
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    base = np.array(BACKGROUNDS[background], dtype=np.float32)
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    objects = []
+    for _ in range(int(rng.integers(1, 4))):
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        radius = int(rng.integers(min(size) // 8, min(size) // 4))
+        cx, cy = (
+            int(rng.integers(radius, width - radius)),
+            int(rng.integers(radius, height - radius)),
+        )
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        fill = COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon(
+                [(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)],
+                fill=fill,
+            )
+        objects.append({"shape": shape, "colour": colour, "box": box})
+    return image, objects
+
+
+def make_scene_images(
+    out_dir: str | Path, count: int, seed: int = 0, size: tuple[int, int] = (320, 240)
+) -> list[Path]:
+    """Write ``count`` scenes to ``out_dir`` (two sub-folders, JPEG and PNG) and return their paths."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        image, _ = draw_scene(rng, size)
+        folder = out / ("jpeg" if i % 4 else "png")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"scene_{i:05d}.{'jpg' if i % 4 else 'png'}"
+        image.save(path, quality=90) if i % 4 else image.save(path)
+        paths.append(path)
+    return paths
+
+
+def bad_image_bytes() -> dict[str, bytes]:
+    """One file per rejected kind: ``{file name: bytes}``."""
+    rgb = Image.new("RGB", (64, 48), (10, 120, 200))
+
+    def encode(image: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    jpeg = encode(rgb, "JPEG")
+    sixteen = Image.fromarray(np.full((48, 64), 40000, dtype=np.uint16))
+    return {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "empty.jpg": b"",
+        "not_an_image.png": b"this is a text file, not a PNG\n" * 4,
+        "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
+        "sixteen_bit.png": encode(sixteen, "PNG"),
+        "palette.png": encode(rgb.convert("P"), "PNG"),
+        "rgba.png": encode(rgb.convert("RGBA"), "PNG"),
+        "oversized.png": encode(Image.new("L", (12000, 8000)), "PNG"),
+    }
+
+
+def write_bad_images(out_dir: str | Path, kinds: list[str] | None = None) -> list[Path]:
+    """Write the bad files (all kinds, or ``kinds``) into ``out_dir/bad``."""
+    folder = Path(out_dir) / "bad"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in bad_image_bytes().items():
+        if kinds is None or name.split(".")[0] in kinds:
+            (folder / name).write_bytes(data)
+            paths.append(folder / name)
+    return paths

@@ -1,0 +1,91 @@
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
+
+from insight.provenance import source_digest
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DEMO_IMAGES = "results/demo/images"
+ENV = "../../envs/insight.yaml"
+SOURCE_LAYOUTS = {
+    "folder": "a folder of image files (recursive)",
+    "list": "a .txt list of image paths, or a .csv with a 'path' column",
+    "tar": "a folder of webdataset .tar shards (img2dataset layout) or one .tar file",
+}
+
+
+def code_version(*modules):
+    """Hash of the insight modules a stage runs (and their imports): a param, so editing
+    the library reruns exactly the stages that use the edited code."""
+    return source_digest(*modules)
+
+
+def dataset_config(name):
+    try:
+        return config["datasets"][name]
+    except KeyError:
+        raise WorkflowError(
+            f"dataset {name!r} is used but not defined under `datasets:` in the config"
+        )
+
+
+def dataset_source(wildcards):
+    """The image source of a dataset; a missing one fails naming the expected layout."""
+    ds = dataset_config(wildcards.dataset)
+    if "source" not in ds:
+        raise WorkflowError(
+            f"dataset {wildcards.dataset!r} has only `features:`; stages that need its images cannot run"
+        )
+    source = ds["source"]
+    if source != DEMO_IMAGES and not Path(source).exists():
+        raise WorkflowError(
+            f"dataset {wildcards.dataset!r}: source {source} does not exist. "
+            f"Expected for kind {ds['kind']!r}: {SOURCE_LAYOUTS[ds['kind']]}"
+        )
+    return source
+
+
+def dinoiser_dataset():
+    return config["dinoiser"]["dataset"] or config["train_dataset"]
+
+
+def shard_count(dataset):
+    """Number of feature shards of an image dataset, known once its index exists."""
+    index = checkpoints.index_images.get(dataset=dataset).output.summary
+    import json
+
+    return json.loads(Path(index).read_text())["shards"]
+
+
+def feature_shards(dataset):
+    """Feature shard paths of a dataset: extracted here, or given by `features:`."""
+    ds = dataset_config(dataset)
+    if "features" in ds:
+        shards = sorted(Path(ds["features"]).glob("shard-*.parquet"))
+        if not shards:
+            raise WorkflowError(
+                f"dataset {dataset!r}: no shard-*.parquet in features folder {ds['features']}"
+            )
+        return [str(p) for p in shards]
+    return expand(
+        "results/features/{dataset}/shard-{shard:05d}.parquet",
+        dataset=dataset,
+        shard=range(shard_count(dataset)),
+    )
+
+
+def dinoiser_weights(wildcards=None):
+    return ["results/models/dinoiser.safetensors"] if config["dinoiser"]["enabled"] else []
+
+
+def all_targets():
+    targets = []
+    for name in config["encode_datasets"]:
+        if "source" in dataset_config(name):
+            targets.append(f"results/features/{name}/summary.json")
+    return targets

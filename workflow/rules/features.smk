@@ -1,0 +1,88 @@
+checkpoint index_images:
+    """List a dataset's images and cut them into shards (Sec. 3.1)."""
+    input:
+        dataset_source,
+    output:
+        index="results/images/{dataset}/index.parquet",
+        summary="results/images/{dataset}/index.json",
+    params:
+        kind=lambda wc: dataset_config(wc.dataset)["kind"],
+        per_shard=config["images"]["per_shard"],
+        code=code_version("insight.images"),
+    log:
+        "logs/index_images/{dataset}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/index_images.py"
+
+
+rule train_dinoiser:
+    """Train the 3x3 conv g against binarised DINO affinities (Eq. 2, B.2)."""
+    input:
+        index=lambda wc: f"results/images/{dinoiser_dataset()}/index.parquet",
+    output:
+        weights="results/models/dinoiser.safetensors",
+        metrics="results/models/dinoiser.json",
+    params:
+        backbone=config["backbone"],
+        device=config["device"],
+        dinoiser=config["dinoiser"],
+        images=config["images"],
+        code=code_version("insight.dinoiser", "insight.features"),
+    threads: config["features"]["threads"]
+    resources:
+        runtime=240,
+    log:
+        "logs/train_dinoiser.log",
+    conda:
+        ENV
+    script:
+        "../scripts/train_dinoiser.py"
+
+
+rule extract_features:
+    """DINOised MaskCLIP patch features of one shard of images (Eq. 1)."""
+    input:
+        index="results/images/{dataset}/index.parquet",
+        dinoiser=dinoiser_weights,
+    output:
+        features="results/features/{dataset}/shard-{shard}.parquet",
+        rejected="results/features/{dataset}/rejected/shard-{shard}.parquet",
+    wildcard_constraints:
+        shard=r"\d{5}",
+    params:
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        images=config["images"],
+        features=config["features"],
+        code=code_version("insight.features"),
+    threads: config["features"]["threads"]
+    resources:
+        runtime=120,
+    log:
+        "logs/extract_features/{dataset}/shard-{shard}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/extract_features.py"
+
+
+rule features_summary:
+    """Counts of images, patches and rejected images over a dataset's shards."""
+    input:
+        features=lambda wc: feature_shards(wc.dataset),
+        rejected=lambda wc: [
+            p.replace(f"/shard-", "/rejected/shard-") for p in feature_shards(wc.dataset)
+        ],
+    output:
+        "results/features/{dataset}/summary.json",
+    params:
+        code=code_version("insight.features"),
+    log:
+        "logs/features_summary/{dataset}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/features_summary.py"

@@ -1,0 +1,11 @@
+"""Rule demo_images: write the offline demo's generated scenes."""
+
+from insight.demo import make_scene_images, write_bad_images
+from insight.io import atomic_dir
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+with atomic_dir(snakemake.output[0]) as tmp:
+    paths = make_scene_images(tmp, snakemake.params.scenes, seed=snakemake.params.seed)
+    bad = write_bad_images(tmp) if snakemake.params.bad_images else []
+log.info("wrote %d scenes and %d bad files", len(paths), len(bad))

@@ -1,0 +1,12 @@
+"""Rule features_summary: images, patches and rejected images of a dataset."""
+
+from insight.features import summarise_shards
+from insight.io import write_json
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+summary = summarise_shards(snakemake.input.features, snakemake.input.rejected)
+write_json(summary, snakemake.output[0])
+log.info("%s: %s", snakemake.wildcards.dataset, summary)
+if summary["rejected"]:
+    log.warning("%d images rejected; see %s", summary["rejected"], "results/features/*/rejected/")

@@ -1,0 +1,16 @@
+"""Rule index_images: list a dataset's images and assign shards."""
+
+from insight.images import assign_shards, list_images
+from insight.io import write_json, write_parquet
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+refs = list_images(snakemake.input[0], snakemake.params.kind)
+index = assign_shards(refs, snakemake.params.per_shard)
+shards = int(index["shard"].to_numpy().max()) + 1
+write_parquet(index, snakemake.output.index)
+write_json(
+    {"images": len(refs), "shards": shards, "per_shard": snakemake.params.per_shard},
+    snakemake.output.summary,
+)
+log.info("%s: %d images in %d shards", snakemake.wildcards.dataset, len(refs), shards)
