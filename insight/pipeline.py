@@ -58,7 +58,6 @@ def decode_policy(cfg: dict) -> DecodePolicy:
 def extract_config(features: dict, images: dict) -> ExtractConfig:
     return ExtractConfig(
         batch_size=features["batch_size"],
-        precision=features["precision"],
         storage=features["storage"],
         row_group_images=features["row_group_images"],
         decode_threads=features["decode_threads"],
@@ -121,6 +120,7 @@ def extract_shard_from_index(
     spec: BackboneSpec,
     dinoiser_path: str | Path | None,
     gamma: float,
+    precision: str,
     config: ExtractConfig,
     device: torch.device,
     out_path: str | Path,
@@ -130,7 +130,7 @@ def extract_shard_from_index(
     refs = refs_of_shard(index, shard)
     if not refs:
         raise ValueError(f"shard {shard} is empty in the image index")
-    encoder, preprocess = dense_encoder(spec, dinoiser_path, gamma, device)
+    encoder, preprocess = dense_encoder(spec, dinoiser_path, gamma, device, precision)
     bar = progress(len(refs), f"features shard {shard:05d}", "img")
     stats = extract_shard(
         encoder, preprocess, refs, out_path, rejected_path, spec.name, config, device, bar.update

@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -6,7 +7,6 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
 
 from insight.provenance import source_digest
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -57,8 +57,6 @@ def dinoiser_dataset():
 def shard_count(dataset):
     """Number of feature shards of an image dataset, known once its index exists."""
     index = checkpoints.index_images.get(dataset=dataset).output.summary
-    import json
-
     return json.loads(Path(index).read_text())["shards"]
 
 
@@ -79,8 +77,19 @@ def feature_shards(dataset):
     )
 
 
+def rejected_tables(dataset):
+    """The per-shard rejected-image tables of an extracted dataset."""
+    return expand(
+        "results/features/{dataset}/rejected/shard-{shard:05d}.parquet",
+        dataset=dataset,
+        shard=range(shard_count(dataset)),
+    )
+
+
 def dinoiser_weights(wildcards=None):
-    return ["results/models/dinoiser.safetensors"] if config["dinoiser"]["enabled"] else []
+    return (
+        ["results/models/dinoiser.safetensors"] if config["dinoiser"]["enabled"] else []
+    )
 
 
 def all_targets():

@@ -5,14 +5,14 @@ checkpoint index_images:
     output:
         index="results/images/{dataset}/index.parquet",
         summary="results/images/{dataset}/index.json",
-    params:
-        kind=lambda wc: dataset_config(wc.dataset)["kind"],
-        per_shard=config["images"]["per_shard"],
-        code=code_version("insight.images"),
     log:
         "logs/index_images/{dataset}.log",
     conda:
         ENV
+    params:
+        kind=lambda wc: dataset_config(wc.dataset)["kind"],
+        per_shard=config["images"]["per_shard"],
+        code=code_version("insight.images"),
     script:
         "../scripts/index_images.py"
 
@@ -24,19 +24,19 @@ rule train_dinoiser:
     output:
         weights="results/models/dinoiser.safetensors",
         metrics="results/models/dinoiser.json",
+    log:
+        "logs/train_dinoiser.log",
+    conda:
+        ENV
+    threads: config["features"]["threads"]
+    resources:
+        runtime=240,
     params:
         backbone=config["backbone"],
         device=config["device"],
         dinoiser=config["dinoiser"],
         images=config["images"],
         code=code_version("insight.dinoiser", "insight.features"),
-    threads: config["features"]["threads"]
-    resources:
-        runtime=240,
-    log:
-        "logs/train_dinoiser.log",
-    conda:
-        ENV
     script:
         "../scripts/train_dinoiser.py"
 
@@ -49,8 +49,15 @@ rule extract_features:
     output:
         features="results/features/{dataset}/shard-{shard}.parquet",
         rejected="results/features/{dataset}/rejected/shard-{shard}.parquet",
+    log:
+        "logs/extract_features/{dataset}/shard-{shard}.log",
     wildcard_constraints:
         shard=r"\d{5}",
+    conda:
+        ENV
+    threads: config["features"]["threads"]
+    resources:
+        runtime=120,
     params:
         backbone=config["backbone"],
         device=config["device"],
@@ -58,13 +65,6 @@ rule extract_features:
         images=config["images"],
         features=config["features"],
         code=code_version("insight.features"),
-    threads: config["features"]["threads"]
-    resources:
-        runtime=120,
-    log:
-        "logs/extract_features/{dataset}/shard-{shard}.log",
-    conda:
-        ENV
     script:
         "../scripts/extract_features.py"
 
@@ -73,16 +73,14 @@ rule features_summary:
     """Counts of images, patches and rejected images over a dataset's shards."""
     input:
         features=lambda wc: feature_shards(wc.dataset),
-        rejected=lambda wc: [
-            p.replace(f"/shard-", "/rejected/shard-") for p in feature_shards(wc.dataset)
-        ],
+        rejected=lambda wc: rejected_tables(wc.dataset),
     output:
         "results/features/{dataset}/summary.json",
-    params:
-        code=code_version("insight.features"),
     log:
         "logs/features_summary/{dataset}.log",
     conda:
         ENV
+    params:
+        code=code_version("insight.features"),
     script:
         "../scripts/features_summary.py"

@@ -15,6 +15,7 @@ stats = extract_shard_from_index(
     spec=backbone_spec(snakemake.params.backbone),
     dinoiser_path=snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
     gamma=snakemake.params.gamma,
+    precision=snakemake.params.features["precision"],
     config=extract_config(snakemake.params.features, snakemake.params.images),
     device=resolve_device(snakemake.params.device),
     out_path=snakemake.output.features,

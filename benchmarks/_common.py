@@ -1,0 +1,46 @@
+"""Shared helpers of the benchmarks: timing and the final JSON line."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_time(
+    fn: Callable[[], object], repeats: int, sync: Callable[[], None] | None = None
+) -> float:
+    """Best wall time of ``repeats`` calls (machines are noisy: the minimum is the signal)."""
+    best = float("inf")
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cuda_sync(device: torch.device) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
+def machine() -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def report(result: dict) -> None:
+    """Print the benchmark's last line: one JSON object."""
+    print(json.dumps(result, sort_keys=True))
