@@ -106,12 +106,16 @@ def train_dinoiser_from_images(
 
 
 def dense_encoder(
-    spec: BackboneSpec, dinoiser_path: str | Path | None, gamma: float, device: torch.device
-):
-    """The frozen CLIP + DINOiser feature encoder and its image transform."""
+    spec: BackboneSpec,
+    dinoiser_path: str | Path | None,
+    gamma: float,
+    device: torch.device,
+    precision: str = "fp32",
+) -> tuple[DenseEncoder, object]:
+    """The frozen CLIP + DINOiser feature encoder (weights in ``precision``) and its transform."""
     model, preprocess, _ = load_clip(spec, device)
     dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    return DenseEncoder(model.visual, dinoiser, gamma).to(device).eval(), preprocess
+    return DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval(), preprocess
 
 
 def extract_shard_from_index(
