@@ -7,14 +7,18 @@ stage, so the scripts under ``workflow/scripts`` only wire Snakemake to these ca
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from insight.backbone import BackboneSpec, load_clip, maskclip_features
+from insight.concepts import encode_shard
 from insight.dinoiser import (
     DINOiser,
     DinoiserTrainConfig,
@@ -28,6 +32,8 @@ from insight.dinoiser import (
 from insight.features import DenseEncoder, ExtractConfig, ShardStats, decoded_batches, extract_shard
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
 from insight.logs import progress
+from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, matryoshka_group_sizes
+from insight.sae_training import FeatureBatches, SAETrainer, TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +155,98 @@ def extract_shard_from_index(
             rejected_path,
         )
     return stats
+
+
+def sae_config(cfg: dict, d_in: int) -> SAEConfig:
+    """The SAE architecture from the ``sae`` config section (groups from ratios unless given)."""
+    groups = (
+        tuple(cfg["groups"])
+        if cfg.get("groups")
+        else matryoshka_group_sizes(cfg["d_sae"], tuple(cfg["group_ratios"]))
+    )
+    return SAEConfig(
+        d_in=d_in,
+        d_sae=cfg["d_sae"],
+        k=cfg["k"],
+        group_sizes=groups,
+        k_aux=cfg["k_aux"],
+        aux_coefficient=cfg["aux_coefficient"],
+        dead_after=cfg["dead_after"],
+        threshold_momentum=cfg["threshold_momentum"],
+    )
+
+
+def train_sae_from_shards(
+    feature_paths: Sequence[str | Path],
+    cfg: dict,
+    device: torch.device,
+    checkpoint_dir: str | Path,
+) -> tuple[MatryoshkaBatchTopKSAE, dict]:
+    """App. B.2: train on the training split of the shards, evaluate on the held-out images.
+
+    The checkpoint file name is a hash of the config and the inputs, so a changed
+    setting never resumes from a stale run; it is removed once training has finished.
+    """
+    paths = [str(p) for p in feature_paths]
+    d_in = pq.read_schema(paths[0]).field("embedding").type.list_size
+    config = sae_config(cfg, d_in)
+    train = TrainConfig(
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        epochs=cfg["epochs"],
+        max_steps=cfg["max_steps"],
+        seed=cfg["seed"],
+        checkpoint_every=cfg["checkpoint_every"],
+    )
+    data = FeatureBatches(
+        paths, train.batch_size, "train", cfg["holdout_fraction"], cfg["shuffle_buffer"], train.seed
+    )
+    key = hashlib.sha256(json.dumps([cfg, paths], sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint = Path(checkpoint_dir) / f"sae-{key}.pt"
+    trainer = SAETrainer(
+        MatryoshkaBatchTopKSAE(config, seed=train.seed), train, data, checkpoint, device
+    )
+    trainer.load_checkpoint()
+    bar = progress(trainer.total_steps(), "train SAE", "step")
+    bar.update(trainer.global_step)
+
+    def on_step(_trainer: SAETrainer, metrics: dict) -> None:
+        bar.update(1)
+        if _trainer.global_step % train.log_every == 0 or _trainer.global_step == 1:
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4g}",
+                fve=f"{metrics['fve']:.3f}",
+                l0=f"{metrics['l0']:.1f}",
+                dead=metrics["dead"],
+            )
+            log.info("step %d: %s", _trainer.global_step, metrics)
+
+    last = trainer.fit(on_step)
+    bar.close()
+    heldout = FeatureBatches(
+        paths, train.batch_size, "heldout", cfg["holdout_fraction"], seed=train.seed
+    )
+    metrics = {
+        "train_last_step": last,
+        "steps": trainer.global_step,
+        "train_rows_per_epoch": data.count_rows(),
+        "heldout": evaluate(trainer.sae, heldout.epoch(0, shuffle=False, drop_last=False), device),
+    }
+    trainer.sae.cpu()
+    checkpoint.unlink(missing_ok=True)
+    return trainer.sae, {
+        "config": config.to_dict(),
+        "training": {**train.__dict__},
+        "metrics": metrics,
+    }
+
+
+def encode_concept_shard(
+    sae_path: str | Path,
+    feature_path: str | Path,
+    out_path: str | Path,
+    chunk_rows: int,
+    device: torch.device,
+) -> dict:
+    sae = load_sae(sae_path)
+    return encode_shard(sae, feature_path, out_path, chunk_rows, device)

@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -77,6 +78,28 @@ def feature_shards(dataset):
     )
 
 
+def shard_ids(dataset):
+    """The five-digit shard ids of a dataset's feature shards."""
+    return [
+        re.search(r"shard-(\d{5})\.parquet$", p).group(1)
+        for p in feature_shards(dataset)
+    ]
+
+
+def feature_shard(dataset, shard):
+    ds = dataset_config(dataset)
+    folder = ds["features"] if "features" in ds else f"results/features/{dataset}"
+    return f"{folder}/shard-{shard}.parquet"
+
+
+def concept_shards(dataset):
+    return expand(
+        "results/concepts/{dataset}/shard-{shard}.parquet",
+        dataset=dataset,
+        shard=shard_ids(dataset),
+    )
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -97,4 +120,5 @@ def all_targets():
     for name in config["encode_datasets"]:
         if "source" in dataset_config(name):
             targets.append(f"results/features/{name}/summary.json")
+        targets.append(f"results/concepts/{name}/summary.json")
     return targets

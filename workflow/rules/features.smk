@@ -30,6 +30,7 @@ rule train_dinoiser:
         ENV
     threads: config["features"]["threads"]
     resources:
+        gpu=config["resources"]["gpus"],
         runtime=240,
     params:
         backbone=config["backbone"],
@@ -57,6 +58,7 @@ rule extract_features:
         ENV
     threads: config["features"]["threads"]
     resources:
+        gpu=config["resources"]["gpus"],
         runtime=120,
     params:
         backbone=config["backbone"],

@@ -1,4 +1,4 @@
-"""End to end: the demo config through the features stage (issue: workflow foundation)."""
+"""End to end: the demo config through every stage that exists, in a scratch copy."""
 
 import json
 import time
@@ -13,7 +13,7 @@ DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = copy_checkout(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, "results/features/demo/summary.json", *DEMO)
+    snakemake(workdir, *DEMO)
     return workdir
 
 
@@ -51,7 +51,15 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
     override = tmp_path / "override.yaml"
     override.write_text("features:\n  batch_size: 8\n")
     result = snakemake(demo_run, *DEMO, str(override), "-n")
-    assert planned_jobs(result.stdout) == {"extract_features": 4, "features_summary": 1, "all": 1}
+    # features change, so everything downstream of them is stale too; the DINOiser is not
+    assert planned_jobs(result.stdout) == {
+        "extract_features": 4,
+        "features_summary": 1,
+        "train_sae": 1,
+        "encode_concepts": 4,
+        "concepts_summary": 1,
+        "all": 1,
+    }
 
 
 @pytest.mark.slow
@@ -87,3 +95,43 @@ def test_missing_dataset_names_the_layout(demo_run):
     output = result.stderr + result.stdout
     assert result.returncode != 0
     assert "/no/such/folder does not exist" in output and "webdataset .tar shards" in output
+
+
+@pytest.mark.slow
+def test_demo_sae_and_concepts_match_the_contract(demo_run):
+    from safetensors import safe_open
+
+    with safe_open(str(demo_run / "results/models/sae.safetensors"), "pt") as handle:
+        shapes = {name: tuple(handle.get_tensor(name).shape) for name in handle.keys()}
+    assert shapes == {
+        "W_enc": (64, 256),
+        "b_enc": (256,),
+        "W_dec": (256, 64),
+        "b_dec": (64,),
+        "threshold": (),
+    }
+    report = json.loads((demo_run / "results/models/sae.json").read_text())
+    assert (report["config"]["d_in"], report["config"]["d_sae"], report["config"]["k"]) == (
+        64,
+        256,
+        8,
+    )
+    assert report["config"]["group_sizes"] == [16, 48, 192]
+    heldout = report["metrics"]["heldout"]
+    assert {"fve", "fve_per_prefix", "l0_threshold", "dead_latents"} <= set(heldout)
+    assert heldout["fve"] > 0.5
+    concepts = demo_run / "results/concepts/demo/*.parquet"
+    columns = duckdb.sql(f"describe select * from '{concepts}'").fetchall()
+    assert [(c[0], c[1]) for c in columns] == [
+        ("image_id", "VARCHAR"),
+        ("patch", "INTEGER"),
+        ("concept", "INTEGER"),
+        ("activation", "FLOAT"),
+    ]
+    rows, non_positive, out_of_range = duckdb.sql(
+        f"select count(*), count(*) filter (activation <= 0), count(*) filter (concept < 0 or concept >= 256) from '{concepts}'"
+    ).fetchall()[0]
+    assert rows > 0 and non_positive == 0 and out_of_range == 0
+    summary = json.loads((demo_run / "results/concepts/demo/summary.json").read_text())
+    assert summary["activations"] == rows and summary["patches"] == 120 * 196
+    assert not list((demo_run / "results/models/checkpoints").glob("*.pt"))

@@ -1,0 +1,66 @@
+rule train_sae:
+    """Matryoshka BatchTopK SAE on the training dataset's patch features (App. B.2)."""
+    input:
+        features=lambda wc: feature_shards(config["train_dataset"]),
+    output:
+        weights="results/models/sae.safetensors",
+        metrics="results/models/sae.json",
+    log:
+        "logs/train_sae.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+        mem_mb=config["resources"]["mem_mb_train_sae"],
+        runtime=24 * 60,
+    params:
+        sae=config["sae"],
+        device=config["device"],
+        checkpoints="results/models/checkpoints",
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/train_sae.py"
+
+
+rule encode_concepts:
+    """Sparse concept activations of one feature shard (thresholded SAE codes)."""
+    input:
+        features=lambda wc: feature_shard(wc.dataset, wc.shard),
+        sae="results/models/sae.safetensors",
+    output:
+        "results/concepts/{dataset}/shard-{shard}.parquet",
+    log:
+        "logs/encode_concepts/{dataset}/shard-{shard}.log",
+    wildcard_constraints:
+        shard=r"\d{5}",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+        runtime=60,
+    params:
+        chunk=config["sae"]["encode_chunk"],
+        device=config["device"],
+        code=code_version("insight.concepts"),
+    script:
+        "../scripts/encode_concepts.py"
+
+
+rule concepts_summary:
+    """Activations, mean L0 and concepts that fire over a dataset's concept shards."""
+    input:
+        concepts=lambda wc: concept_shards(wc.dataset),
+        features=lambda wc: feature_shards(wc.dataset),
+        sae="results/models/sae.json",
+    output:
+        "results/concepts/{dataset}/summary.json",
+    log:
+        "logs/concepts_summary/{dataset}.log",
+    conda:
+        ENV
+    params:
+        code=code_version("insight.concepts"),
+    script:
+        "../scripts/concepts_summary.py"

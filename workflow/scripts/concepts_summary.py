@@ -1,0 +1,11 @@
+"""Rule concepts_summary: how the concepts fire over a dataset."""
+
+from insight.concepts import summarise_concept_shards
+from insight.io import read_json, write_json
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]
+summary = summarise_concept_shards(snakemake.input.concepts, snakemake.input.features, d_sae)
+write_json(summary, snakemake.output[0])
+log.info("%s: %s", snakemake.wildcards.dataset, summary)
