@@ -250,7 +250,24 @@ def extract_shard(
     schema = feature_schema(int(encoder.visual.output_dim), grid, backbone_name, config.storage)
     pending: list[pa.Table] = []
     pending_images = 0
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with (
+        atomic_path(out_path) as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+        ThreadPoolExecutor(1) as background,
+    ):
+        # row groups are written in a background thread (pyarrow releases the GIL), so
+        # compression and disk I/O overlap the next batches' forward pass
+        written = None
+
+        def flush() -> None:
+            nonlocal written, pending, pending_images
+            if written is not None:
+                written.result()
+            written = background.submit(
+                writer.write_table, pa.concat_tables(pending), row_group_size=1 << 30
+            )
+            pending, pending_images = [], 0
+
         for good_refs, images, bad in decoded_batches(
             refs, transform, config.batch_size, config.policy, config.decode_threads
         ):
@@ -272,12 +289,13 @@ def extract_shard(
                 stats.images += len(good_refs)
                 stats.patches += feats.shape[0] * feats.shape[1]
                 if pending_images >= config.row_group_images:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=1 << 30)
-                    pending, pending_images = [], 0
+                    flush()
             if progress is not None:
                 progress(len(good_refs) + len(bad))
         if pending:
-            writer.write_table(pa.concat_tables(pending), row_group_size=1 << 30)
+            flush()
+        if written is not None:
+            written.result()
     write_parquet(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), rejected_path)
     return stats
 

@@ -57,6 +57,17 @@ def teacher_spec(cfg: dict) -> TeacherSpec:
     )
 
 
+def dinoiser_train_config(cfg: dict) -> DinoiserTrainConfig:
+    return DinoiserTrainConfig(
+        epochs=cfg["epochs"],
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        teacher_threshold=cfg["teacher_threshold"],
+        d_out=cfg["d_out"],
+        seed=cfg["seed"],
+    )
+
+
 def decode_policy(cfg: dict) -> DecodePolicy:
     return DecodePolicy(max_pixels=cfg["max_pixels"], convert_modes=cfg["convert_modes"])
 

@@ -3,11 +3,17 @@
 import pyarrow.parquet as pq
 import torch
 
-from insight.dinoiser import DinoiserTrainConfig, save_dinoiser
+from insight.dinoiser import save_dinoiser
 from insight.images import ImageRef
 from insight.io import write_json
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, decode_policy, teacher_spec, train_dinoiser_from_images
+from insight.pipeline import (
+    backbone_spec,
+    decode_policy,
+    dinoiser_train_config,
+    teacher_spec,
+    train_dinoiser_from_images,
+)
 from insight.runtime import resolve_device
 
 log = setup_logging(snakemake.log[0])
@@ -15,19 +21,11 @@ torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.dinoiser
 index = pq.read_table(snakemake.input.index).slice(0, cfg["images"]).to_pylist()
 refs = [ImageRef(r["image_id"], r["path"], r["member"]) for r in index]
-train_config = DinoiserTrainConfig(
-    epochs=cfg["epochs"],
-    lr=cfg["lr"],
-    batch_size=cfg["batch_size"],
-    teacher_threshold=cfg["teacher_threshold"],
-    d_out=cfg["d_out"],
-    seed=cfg["seed"],
-)
 model, metrics = train_dinoiser_from_images(
     refs,
     backbone_spec(snakemake.params.backbone),
     teacher_spec(cfg["teacher"]),
-    train_config,
+    dinoiser_train_config(cfg),
     decode_policy(snakemake.params.images),
     resolve_device(snakemake.params.device),
 )
