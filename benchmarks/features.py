@@ -20,7 +20,7 @@ from _common import best_time, cuda_sync, machine, report
 from insight.backbone import BackboneSpec, load_clip
 from insight.demo import make_scene_images
 from insight.dinoiser import DINOiser
-from insight.features import DenseEncoder, ExtractConfig, extract_shard
+from insight.features import BatchTransform, DenseEncoder, ExtractConfig, extract_shard
 from insight.images import decode_image, list_images
 from insight.runtime import DTYPES, resolve_device
 
@@ -74,7 +74,7 @@ def main() -> None:
             def project(encoder: DenseEncoder = encoder) -> None:
                 extract_shard(
                     encoder,
-                    preprocess,
+                    BatchTransform(preprocess),
                     refs,
                     tmp / "shard.parquet",
                     tmp / "rejected.parquet",

@@ -52,7 +52,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(baseline_sae.parameters(), lr=1e-4)
 
     # same results: one step from identical states gives the same loss and weights
-    project_loss = trainer.step(batch)["loss"]
+    project_loss = float(trainer.step(batch)["loss"])
     baseline_loss = reference_step(baseline_sae, optimizer, batch)
     weight_diff = max(
         (a - b).abs().max().item()

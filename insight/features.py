@@ -36,6 +36,43 @@ from insight.runtime import DTYPES
 STORAGE_TYPES = {"float32": (pa.float32(), np.float32), "float16": (pa.float16(), np.float16)}
 
 
+class BatchTransform:
+    """open_clip's image preprocessing, split in two: the PIL part (resize, crop, mode)
+    runs per image in decode threads and yields uint8 arrays; ``ToTensor`` + ``Normalize``
+    run once per batch, on the model's device. The result equals the composed transform
+    (up to float rounding) while no torch work, and no oversubscribed torch thread pool,
+    runs inside the decode threads, and 4x fewer bytes cross to the GPU.
+    """
+
+    def __init__(self, preprocess: Callable):
+        steps = list(getattr(preprocess, "transforms", [preprocess]))
+        names = [type(step).__name__ for step in steps]
+        if not any("ToTensor" in n for n in names):
+            raise TypeError(f"unsupported image transform {preprocess!r}: no ToTensor step")
+        cut = next(i for i, n in enumerate(names) if "ToTensor" in n)
+        tail = steps[cut + 1 :]
+        if len(tail) > 1 or (tail and type(tail[0]).__name__ != "Normalize"):
+            raise TypeError(
+                f"unsupported image transform {preprocess!r}: only Normalize may follow ToTensor"
+            )
+        self.pil_steps = steps[:cut]
+        mean = tail[0].mean if tail else (0.0, 0.0, 0.0)
+        std = tail[0].std if tail else (1.0, 1.0, 1.0)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def pil(self, image) -> np.ndarray:
+        """Resize/crop/convert one PIL image; returns an (H, W, 3) uint8 array."""
+        for step in self.pil_steps:
+            image = step(image)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    def batch(self, pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, H, W)`` float32 on ``device``."""
+        x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
 def feature_schema(
     d: int, grid: tuple[int, int], backbone: str, storage: str = "float32"
 ) -> pa.Schema:
@@ -151,22 +188,23 @@ class ShardStats:
 
 def _decode_batch(
     items: list[tuple[ImageRef, bytes | None, str | None]],
-    transform: Callable,
+    transform: BatchTransform,
     pool: ThreadPoolExecutor,
     policy: DecodePolicy,
 ) -> tuple[list[ImageRef], torch.Tensor | None, list[dict]]:
-    """Decode and preprocess a batch in ``pool``; returns good refs, their tensor, rejects."""
+    """Decode and resize a batch in ``pool``; returns good refs, their uint8 pixels
+    ``(B, H, W, 3)`` and the rejected rows."""
 
     def one(
         item: tuple[ImageRef, bytes | None, str | None],
-    ) -> tuple[ImageRef, torch.Tensor | None, str | None]:
+    ) -> tuple[ImageRef, np.ndarray | None, str | None]:
         ref, data, error = item
         if error is not None:
             return ref, None, error
         image, reason = decode_image(data, policy)
         if image is None:
             return ref, None, reason
-        return ref, transform(image), None
+        return ref, transform.pil(image), None
 
     results = list(pool.map(one, items))
     rejected = [
@@ -175,14 +213,14 @@ def _decode_batch(
             "path": ref.path if ref.member is None else f"{ref.path}:{ref.member}",
             "reason": reason,
         }
-        for ref, tensor, reason in results
-        if tensor is None
+        for ref, pixels, reason in results
+        if pixels is None
     ]
-    good = [(ref, tensor) for ref, tensor, _ in results if tensor is not None]
+    good = [(ref, pixels) for ref, pixels, _ in results if pixels is not None]
     if not good:
         return [], None, rejected
-    refs, tensors = zip(*good, strict=True)
-    return list(refs), torch.stack(tensors), rejected
+    refs, pixels = zip(*good, strict=True)
+    return list(refs), torch.from_numpy(np.stack(pixels)), rejected
 
 
 def _batched(iterable: Iterable, size: int) -> Iterator[list]:
@@ -211,12 +249,13 @@ def _prefetched(items: Iterator, work: Callable) -> Iterator:
 
 def decoded_batches(
     refs: Sequence[ImageRef],
-    transform: Callable,
+    transform: BatchTransform,
     batch_size: int,
     policy: DecodePolicy = DEFAULT_POLICY,
     threads: int = 2,
 ) -> Iterator[tuple[list[ImageRef], torch.Tensor | None, list[dict]]]:
-    """Yield ``(good refs, image tensor or None, rejected rows)`` per batch of ``refs``.
+    """Yield ``(good refs, uint8 pixels or None, rejected rows)`` per batch of ``refs``
+    (``transform.batch`` turns the pixels into model input).
 
     Batch i+1 is decoded in background threads while the caller works on batch i.
     """
@@ -227,7 +266,7 @@ def decoded_batches(
 
 def extract_shard(
     encoder: DenseEncoder,
-    transform: Callable,
+    transform: BatchTransform,
     refs: Sequence[ImageRef],
     out_path: str | Path,
     rejected_path: str | Path,
@@ -274,7 +313,7 @@ def extract_shard(
             rejected.extend(bad)
             stats.rejected += len(bad)
             if images is not None:
-                feats = encoder(images.to(device, non_blocking=True))
+                feats = encoder(transform.batch(images, device))
                 feats = feats.cpu().numpy()
                 finite = np.isfinite(feats).all(axis=(1, 2))
                 if not finite.all():

@@ -29,7 +29,14 @@ from insight.dinoiser import (
     teacher_affinity,
     train_dinoiser,
 )
-from insight.features import DenseEncoder, ExtractConfig, ShardStats, decoded_batches, extract_shard
+from insight.features import (
+    BatchTransform,
+    DenseEncoder,
+    ExtractConfig,
+    ShardStats,
+    decoded_batches,
+    extract_shard,
+)
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
 from insight.logs import progress
 from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, matryoshka_group_sizes
@@ -93,16 +100,17 @@ def train_dinoiser_from_images(
 ) -> tuple[DINOiser, dict]:
     """App. B.1: cache frozen CLIP features and binarised teacher affinities, then fit g."""
     model, preprocess, _ = load_clip(spec, device)
+    transform = BatchTransform(preprocess)
     visual = model.visual
     teacher_model = load_teacher(teacher, tuple(visual.grid_size), device)
     mean, std = visual.preprocess_cfg["mean"], visual.preprocess_cfg["std"]
     features, targets, rejected = [], [], 0
     bar = progress(len(refs), "teacher affinities", "img")
     with torch.no_grad():
-        for good, images, bad in decoded_batches(refs, preprocess, batch_size, policy):
+        for good, pixels, bad in decoded_batches(refs, transform, batch_size, policy):
             rejected += len(bad)
-            if images is not None:
-                images = images.to(device)
+            if pixels is not None:
+                images = transform.batch(pixels, device)
                 features.append(maskclip_features(visual, images).float().cpu())
                 affinity = teacher_affinity(teacher_model, images, teacher.features, mean, std)
                 targets.append(binarise(affinity, config.teacher_threshold).cpu())
@@ -128,11 +136,13 @@ def dense_encoder(
     gamma: float,
     device: torch.device,
     precision: str = "fp32",
-) -> tuple[DenseEncoder, object]:
+) -> tuple[DenseEncoder, BatchTransform]:
     """The frozen CLIP + DINOiser feature encoder (weights in ``precision``) and its transform."""
     model, preprocess, _ = load_clip(spec, device)
     dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    return DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval(), preprocess
+    return DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval(), BatchTransform(
+        preprocess
+    )
 
 
 def extract_shard_from_index(
@@ -221,9 +231,10 @@ def train_sae_from_shards(
     bar = progress(trainer.total_steps(), "train SAE", "step")
     bar.update(trainer.global_step)
 
-    def on_step(_trainer: SAETrainer, metrics: dict) -> None:
+    def on_step(_trainer: SAETrainer, step_metrics: dict) -> None:
         bar.update(1)
         if _trainer.global_step % train.log_every == 0 or _trainer.global_step == 1:
+            metrics = _trainer.last_metrics
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4g}",
                 fve=f"{metrics['fve']:.3f}",

@@ -164,6 +164,7 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(config.d_in))
         self.register_buffer("threshold", torch.tensor(-1.0))  # < 0: not estimated yet
         self.register_buffer("samples_since_fired", torch.zeros(config.d_sae, dtype=torch.long))
+        self.register_buffer("group_ends", torch.tensor(config.group_ends), persistent=False)
 
     # ----- inference ---------------------------------------------------------------
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,9 @@ class MatryoshkaBatchTopKSAE(nn.Module):
 
         Returns a dict with ``loss``, ``recon`` (sum over prefixes), ``aux``, ``prefix_mse``
         (per prefix, mean over batch of the squared error), ``x_hat`` (full
-        reconstruction, detached), ``l0`` and the sparse code (``rows``, ``cols``, ``acts``).
+        reconstruction, detached), ``l0`` and the sparse code (``rows``, ``cols``, ``acts``:
+        the B*k kept entries, zero where the ReLU cut them). Nothing here waits for the GPU
+        except the BatchTopK exactness check.
         """
         cfg = self.config
         batch = x.shape[0]
@@ -208,18 +211,16 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         with torch.no_grad():
             pre = centred @ self.W_enc + self.b_enc
             vals, flat = batch_topk_indices(pre, batch * cfg.k)
-            keep = vals > 0  # ReLU: a kept non-positive pre-activation contributes 0
-            flat, vals = flat[keep], vals[keep]
             rows = torch.div(flat, cfg.d_sae, rounding_mode="floor")
             cols = flat - rows * cfg.d_sae
-        # the kept pre-activations carry gradient; only these B*k entries can get one
-        acts = _KeptPreActivations.apply(vals, centred, self.W_enc, self.b_enc, rows, cols)
-        groups = torch.bucketize(cols, torch.tensor(cfg.group_ends, device=x.device), right=True)
+        # the kept pre-activations carry gradient (only these B*k entries can get one); the
+        # ReLU zeroes kept non-positive ones, and their gradient, as in Eq. B.4
+        acts = F.relu(_KeptPreActivations.apply(vals, centred, self.W_enc, self.b_enc, rows, cols))
+        groups = self.group_of(cols)
         n_groups = len(cfg.group_sizes)
         partial = sparse_rows_times(groups * batch + rows, cols, acts, self.W_dec, n_groups * batch)
-        prefixes = self.b_dec + partial.view(n_groups, batch, cfg.d_in).cumsum(
-            0
-        )  # x_hat of each prefix
+        # x_hat of each prefix: the groups' partial decodes, accumulated
+        prefixes = self.b_dec + partial.view(n_groups, batch, cfg.d_in).cumsum(0)
         errors = prefixes - x
         prefix_mse = errors.pow(2).sum(-1).mean(-1)
         recon = prefix_mse.sum()
@@ -232,7 +233,7 @@ class MatryoshkaBatchTopKSAE(nn.Module):
             "aux": aux,
             "prefix_mse": prefix_mse.detach(),
             "x_hat": x_hat.detach(),
-            "l0": torch.tensor(len(cols) / batch),
+            "l0": (acts > 0).sum() / batch,
             "rows": rows,
             "cols": cols,
             "acts": acts.detach(),
@@ -263,16 +264,20 @@ class MatryoshkaBatchTopKSAE(nn.Module):
     @torch.no_grad()
     def update_statistics(self, cols: torch.Tensor, acts: torch.Tensor, batch: int) -> None:
         """Dead-latent counters and the EMA of the smallest kept activation (theta)."""
-        fired = torch.zeros_like(self.samples_since_fired, dtype=torch.bool)
-        fired[cols] = True
-        self.samples_since_fired += batch
-        self.samples_since_fired[fired] = 0
-        if len(acts):
-            smallest = acts.min()
-            if float(self.threshold) < 0:
-                self.threshold.copy_(smallest)
-            else:
-                self.threshold.lerp_(smallest, self.config.threshold_momentum)
+        fired = (
+            torch.zeros(self.config.d_sae, device=cols.device).index_add_(
+                0, cols, (acts > 0).float()
+            )
+            > 0
+        )
+        self.samples_since_fired.add_(batch).masked_fill_(fired, 0)
+        smallest = torch.where(acts > 0, acts, torch.inf).min()
+        updated = torch.where(
+            self.threshold < 0,
+            smallest,
+            torch.lerp(self.threshold, smallest, self.config.threshold_momentum),
+        )
+        self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
@@ -285,13 +290,14 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         self.W_dec.copy_(F.normalize(self.W_dec, dim=1))
 
     def dead_latents(self) -> int:
-        return int((self.samples_since_fired > self.config.dead_after).sum())
+        return int(self.dead_count())
+
+    def dead_count(self) -> torch.Tensor:
+        return (self.samples_since_fired > self.config.dead_after).sum()
 
     def group_of(self, latents: torch.Tensor) -> torch.Tensor:
         """Matryoshka group index (0-based) of each latent."""
-        return torch.bucketize(
-            latents, torch.tensor(self.config.group_ends, device=latents.device), right=True
-        )
+        return torch.bucketize(latents, self.group_ends.to(latents.device), right=True)
 
 
 def save_sae(sae: MatryoshkaBatchTopKSAE, path: str | Path) -> None:

@@ -139,10 +139,10 @@ class SAETrainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.last_metrics: dict[str, float] = {}
 
-    def step(self, batch: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch; returns its metrics."""
+    def step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch; returns its metrics as 0-d tensors (reading
+        them with ``float()`` waits for the device, so the loop only does it when logging)."""
         batch = batch.to(self.device, non_blocking=True)
         out = self.sae.training_losses(batch)
         loss = out["loss"]
@@ -156,18 +156,24 @@ class SAETrainer:
         self.optimizer.step()
         self.sae.normalise_decoder()
         self.sae.update_statistics(out["cols"], out["acts"], batch.shape[0])
-        variance = (batch - batch.mean(0)).pow(2).sum()
-        residual = (batch - out["x_hat"]).pow(2).sum()
+        with torch.no_grad():
+            variance = (batch - batch.mean(0)).pow(2).sum()
+            residual = (batch - out["x_hat"]).pow(2).sum()
         self.global_step += 1
         self.step_in_epoch += 1
-        self.last_metrics = {
-            "loss": loss.item(),
-            "fve": 1.0 - (residual / variance.clamp(min=1e-12)).item(),
-            "l0": float(out["l0"]),
-            "dead": self.sae.dead_latents(),
-            "aux": out["aux"].item(),
+        self._metrics = {
+            "loss": loss.detach(),
+            "fve": 1.0 - residual / variance.clamp(min=1e-12),
+            "l0": out["l0"],
+            "dead": self.sae.dead_count(),
+            "aux": out["aux"].detach(),
         }
-        return self.last_metrics
+        return self._metrics
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The last step's metrics as Python numbers."""
+        return {name: float(value) for name, value in getattr(self, "_metrics", {}).items()}
 
     def total_steps(self) -> int:
         if not hasattr(self, "_steps_per_epoch"):

@@ -9,6 +9,7 @@ import torch
 from insight import demo
 from insight.dinoiser import DINOiser
 from insight.features import (
+    BatchTransform,
     DenseEncoder,
     ExtractConfig,
     embeddings_of,
@@ -29,7 +30,13 @@ def shard(tmp_path, tiny_clip):
     config = ExtractConfig(batch_size=4, row_group_images=4)
     out = tmp_path / "shard-00000.parquet"
     extract_shard(
-        encoder, preprocess, refs, out, tmp_path / "rejected.parquet", "tiny/random-init", config
+        encoder,
+        BatchTransform(preprocess),
+        refs,
+        out,
+        tmp_path / "rejected.parquet",
+        "tiny/random-init",
+        config,
     )
     return out, encoder, preprocess, refs
 
@@ -73,7 +80,7 @@ def test_float16_storage_reads_as_float_list(tmp_path, tiny_clip):
     out = tmp_path / "half.parquet"
     extract_shard(
         DenseEncoder(model.visual, None),
-        preprocess,
+        BatchTransform(preprocess),
         list_images(tmp_path / "src", "folder"),
         out,
         tmp_path / "rej.parquet",
@@ -96,7 +103,7 @@ def test_bf16_path_is_close_to_fp32(tmp_path, tiny_clip):
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.parquet"
         encoder = DenseEncoder(copy.deepcopy(model.visual), None, precision=precision)
-        extract_shard(encoder, preprocess, refs, out, tmp_path / "r.parquet", "t")
+        extract_shard(encoder, BatchTransform(preprocess), refs, out, tmp_path / "r.parquet", "t")
         outs[precision] = embeddings_of(pq.read_table(out))
     rel = np.linalg.norm(outs["bf16"] - outs["fp32"]) / np.linalg.norm(outs["fp32"])
     assert rel < 0.05
@@ -119,7 +126,7 @@ def test_failure_mid_shard_leaves_no_output(tmp_path, tiny_clip):
     with pytest.raises(RuntimeError, match="killed"):
         extract_shard(
             Exploding(model.visual, None),
-            preprocess,
+            BatchTransform(preprocess),
             list_images(tmp_path / "src", "folder"),
             out,
             tmp_path / "out" / "rejected.parquet",
@@ -141,7 +148,7 @@ def test_nan_features_name_the_images(tmp_path, tiny_clip):
     with pytest.raises(FloatingPointError, match=refs[0].image_id):
         extract_shard(
             NaNs(model.visual, None),
-            preprocess,
+            BatchTransform(preprocess),
             refs,
             tmp_path / "o.parquet",
             tmp_path / "r.parquet",
@@ -159,3 +166,20 @@ def test_summary_counts(shard, tmp_path):
         "rejected": 0,
         "rejected_by_reason": {},
     }
+
+
+@pytest.mark.parametrize(
+    "size, mode", [((500, 375), "RGB"), ((180, 260), "RGB"), ((224, 224), "L")]
+)
+def test_batch_transform_equals_open_clip_preprocess(tiny_clip, size, mode):
+    from PIL import Image
+
+    _, preprocess, _ = tiny_clip
+    rng = np.random.default_rng(0)
+    channels = 3 if mode == "RGB" else 1
+    array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8).squeeze()
+    image = Image.fromarray(array)
+    assert image.mode == mode
+    transform = BatchTransform(preprocess)
+    ours = transform.batch(torch.from_numpy(transform.pil(image))[None])[0]
+    torch.testing.assert_close(ours, preprocess(image), atol=1e-6, rtol=0)

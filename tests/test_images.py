@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from insight import demo
-from insight.features import DenseEncoder, extract_shard
+from insight.features import BatchTransform, DenseEncoder, extract_shard
 from insight.images import (
     DatasetLayoutError,
     DecodePolicy,
@@ -116,7 +116,7 @@ def test_shard_with_every_bad_kind_keeps_all_good_images(tmp_path, tiny_clip):
     refs = list_images(tmp_path / "src", "folder")
     stats = extract_shard(
         DenseEncoder(model.visual, None),
-        preprocess,
+        BatchTransform(preprocess),
         refs,
         tmp_path / "shard-00000.parquet",
         tmp_path / "rejected.parquet",
