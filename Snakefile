@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/sae.smk"
+include: "workflow/rules/hierarchy.smk"
 
 
 rule all:

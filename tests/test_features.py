@@ -181,5 +181,5 @@ def test_batch_transform_equals_open_clip_preprocess(tiny_clip, size, mode):
     image = Image.fromarray(array)
     assert image.mode == mode
     transform = BatchTransform(preprocess)
-    ours = transform.batch(torch.from_numpy(transform.pil(image))[None])[0]
+    ours = transform.batch(torch.from_numpy(np.stack([transform.pil(image)])))[0]
     torch.testing.assert_close(ours, preprocess(image), atol=1e-6, rtol=0)

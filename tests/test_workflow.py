@@ -58,6 +58,9 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "train_sae": 1,
         "encode_concepts": 4,
         "concepts_summary": 1,
+        "cooccurrence_partial": 1,
+        "cooccurrence": 1,
+        "family_dag": 1,
         "all": 1,
     }
 
@@ -135,3 +138,27 @@ def test_demo_sae_and_concepts_match_the_contract(demo_run):
     summary = json.loads((demo_run / "results/concepts/demo/summary.json").read_text())
     assert summary["activations"] == rows and summary["patches"] == 120 * 196
     assert not list((demo_run / "results/models/checkpoints").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_demo_family_dag(demo_run):
+    import networkx as nx
+    import pyarrow.parquet as pq
+
+    from insight.hierarchy import load_families
+
+    hierarchy = demo_run / "results/hierarchy"
+    cooc = pq.read_table(hierarchy / "cooccurrence.parquet")
+    assert cooc.column_names == ["concept", "other", "confidence"]
+    assert min(cooc["confidence"].to_pylist()) >= 0.05
+    families = pq.read_table(hierarchy / "families.parquet")
+    assert families.column_names == ["parent", "child", "confidence"]
+    assert min(families["confidence"].to_pylist()) >= 0.75
+    graph = load_families(hierarchy / "families.graphml")
+    assert nx.is_directed_acyclic_graph(graph)
+    assert graph.number_of_edges() == families.num_rows
+    summary = json.loads((hierarchy / "families.json").read_text())
+    assert (
+        summary["edges"] == families.num_rows
+        and sum(summary["depth_histogram"]) == graph.number_of_nodes()
+    )

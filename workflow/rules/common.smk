@@ -100,6 +100,17 @@ def concept_shards(dataset):
     )
 
 
+def hierarchy_dataset():
+    return config["hierarchy"]["dataset"] or config["train_dataset"]
+
+
+def partial_groups():
+    """The concept shards of the hierarchy dataset, cut into the partial jobs' groups."""
+    shards = concept_shards(hierarchy_dataset())
+    size = config["hierarchy"]["shards_per_partial"]
+    return [shards[i : i + size] for i in range(0, len(shards), size)]
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -121,4 +132,5 @@ def all_targets():
         if "source" in dataset_config(name):
             targets.append(f"results/features/{name}/summary.json")
         targets.append(f"results/concepts/{name}/summary.json")
+    targets.append("results/hierarchy/families.parquet")
     return targets

@@ -1,0 +1,18 @@
+"""Rule family_dag: the family DAG as Parquet, GraphML and a JSON summary."""
+
+import pyarrow.parquet as pq
+
+from insight.hierarchy import dag_summary, family_dag, write_families
+from insight.io import write_json
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+graph, dropped = family_dag(
+    pq.read_table(snakemake.input.cooccurrence),
+    pq.read_table(snakemake.input.totals),
+    snakemake.params.threshold,
+)
+write_families(graph, snakemake.output.families, snakemake.output.graphml)
+summary = dag_summary(graph, dropped)
+write_json({"threshold": snakemake.params.threshold, **summary}, snakemake.output.summary)
+log.info("family DAG: %s", summary)
