@@ -7,6 +7,7 @@ stage, so the scripts under ``workflow/scripts`` only wire Snakemake to these ca
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,15 +65,13 @@ def teacher_spec(cfg: dict) -> TeacherSpec:
     )
 
 
+def from_config(cls: type, cfg: dict):
+    """A config dataclass from the keys of a config section that name its fields."""
+    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg})
+
+
 def dinoiser_train_config(cfg: dict) -> DinoiserTrainConfig:
-    return DinoiserTrainConfig(
-        epochs=cfg["epochs"],
-        lr=cfg["lr"],
-        batch_size=cfg["batch_size"],
-        teacher_threshold=cfg["teacher_threshold"],
-        d_out=cfg["d_out"],
-        seed=cfg["seed"],
-    )
+    return from_config(DinoiserTrainConfig, cfg)
 
 
 def decode_policy(cfg: dict) -> DecodePolicy:
@@ -211,14 +210,7 @@ def train_sae_from_shards(
     paths = [str(p) for p in feature_paths]
     d_in = pq.read_schema(paths[0]).field("embedding").type.list_size
     config = sae_config(cfg, d_in)
-    train = TrainConfig(
-        lr=cfg["lr"],
-        batch_size=cfg["batch_size"],
-        epochs=cfg["epochs"],
-        max_steps=cfg["max_steps"],
-        seed=cfg["seed"],
-        checkpoint_every=cfg["checkpoint_every"],
-    )
+    train = from_config(TrainConfig, cfg)
     data = FeatureBatches(
         paths, train.batch_size, "train", cfg["holdout_fraction"], cfg["shuffle_buffer"], train.seed
     )
