@@ -17,6 +17,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/hierarchy.smk"
+include: "workflow/rules/naming.smk"
 
 
 rule all:

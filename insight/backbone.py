@@ -23,6 +23,9 @@ for _config in sorted(MODEL_CONFIG_DIR.glob("*.json")):
     open_clip.add_model_config(_config)
 
 
+RANDOM_INIT_SEED = 0
+
+
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights are not available locally (the machine is offline)."""
 
@@ -65,9 +68,12 @@ def load_clip(
             "and set backbone.checkpoint to the local file"
         )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=pretrained, cache_dir=spec.cache_dir, device=device
-        )
+        with torch.random.fork_rng(devices=[]):
+            # random initialisation (tests, demo) is seeded, so every job builds the same model
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=pretrained, cache_dir=spec.cache_dir, device=device
+            )
     except Exception as err:  # open_clip raises several types when a download fails offline
         if spec.checkpoint or not spec.pretrained:
             raise

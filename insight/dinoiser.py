@@ -103,7 +103,9 @@ def load_teacher(
     patch = probe.patch_embed.patch_size
     kwargs["img_size"] = (grid[0] * patch[0], grid[1] * patch[1])
     try:
-        teacher = timm.create_model(spec.model, pretrained=pretrained, num_classes=0, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a random teacher (demo, tests) is the same in every run
+            teacher = timm.create_model(spec.model, pretrained=pretrained, num_classes=0, **kwargs)
     except Exception as err:  # hub download failure offline, or a missing local file
         if not pretrained:
             raise

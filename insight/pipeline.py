@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from insight.backbone import BackboneSpec, load_clip, maskclip_features
+from insight.backbone import RANDOM_INIT_SEED, BackboneSpec, load_clip, maskclip_features
 from insight.concepts import encode_shard
 from insight.dinoiser import (
     DINOiser,
@@ -40,8 +40,11 @@ from insight.features import (
 )
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
 from insight.logs import progress
+from insight.naming import concept_vectors, names_table, top_patch_weights
 from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, matryoshka_group_sizes
 from insight.sae_training import FeatureBatches, SAETrainer, TrainConfig, evaluate
+from insight.text import EmbeddingCache, TextEncoder
+from insight.vocabulary import TEMPLATES, embedding_table, load_index, template_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +267,74 @@ def encode_concept_shard(
 ) -> dict:
     sae = load_sae(sae_path)
     return encode_shard(sae, feature_path, out_path, chunk_rows, device)
+
+
+def model_key(spec: BackboneSpec) -> str:
+    """What identifies a text tower for the embedding cache (a local checkpoint by content)."""
+    if spec.checkpoint:
+        digest = hashlib.sha256()
+        with open(spec.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        return f"{spec.model}/sha256:{digest.hexdigest()}"
+    return f"{spec.model}/{spec.pretrained or f'random-init-{RANDOM_INIT_SEED}'}"
+
+
+def embed_vocabulary(
+    terms: list[str], spec: BackboneSpec, cfg: dict, cache_dir: str | Path, device: torch.device
+) -> tuple[pa.Table, dict]:
+    """Eq. B.11 for every term (per part of speech), through the prompt cache."""
+    model, _, tokenizer = load_clip(spec, device)
+    key = model_key(spec)
+    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
+    encoder = TextEncoder(model, tokenizer, key, device, cfg["precision"], cfg["batch_size"], cache)
+    bar = progress(None, "encode prompts", "prompt")
+    by_pos = template_embeddings(terms, lambda prompts: encoder.encode(prompts, bar.update))
+    bar.close()
+    stats = {
+        "terms": len(terms),
+        "prompts_encoded": encoder.encoded,
+        "cache_hits": cache.hits,
+        "cache_misses": cache.misses,
+    }
+    log.info(
+        "encoded %d prompts (%d new terms x %d templates); %d prompts from the cache",
+        encoder.encoded,
+        encoder.encoded // sum(len(t) for t in TEMPLATES.values()),
+        sum(len(t) for t in TEMPLATES.values()),
+        cache.hits,
+    )
+    return embedding_table(terms, by_pos), stats
+
+
+def name_concepts(
+    sae_path: str | Path,
+    families_path: str | Path,
+    totals_path: str | Path,
+    concept_paths: Sequence[str | Path],
+    embeddings_path: str | Path,
+    index_path: str | Path,
+    cfg: dict,
+) -> pa.Table:
+    """Sec. 3.4: concept vectors (Eq. 6 or B.9) named against the vocabulary (B.12-B.13)."""
+    sae = load_sae(sae_path)
+    w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
+    families = pq.read_table(families_path)
+    weights = (
+        top_patch_weights(concept_paths, families, cfg["top_patches"])
+        if cfg["method"] == "hierarchy"
+        else None
+    )
+    vectors = concept_vectors(w_dec, b_dec, cfg["method"], weights, families, cfg["alpha"])
+    terms = pq.read_table(embeddings_path, columns=["term"])["term"].to_pylist()
+    totals = pq.read_table(totals_path)
+    groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()
+    return names_table(
+        vectors,
+        load_index(index_path),
+        terms,
+        cfg["method"],
+        groups,
+        totals["frequency"].to_numpy(),
+        cfg["runner_up"],
+    )

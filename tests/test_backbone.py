@@ -58,3 +58,10 @@ def test_offline_pretrained_tag_says_what_to_download(monkeypatch, tmp_path):
 def test_unknown_model_names_the_key():
     with pytest.raises(ValueError, match="backbone.model"):
         load_clip(BackboneSpec(model="ViT-Nope", pretrained=None))
+
+
+def test_random_initialisation_is_the_same_in_every_job():
+    spec = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
+    first, second = load_clip(spec)[0], load_clip(spec)[0]
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

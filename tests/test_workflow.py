@@ -61,6 +61,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "cooccurrence_partial": 1,
         "cooccurrence": 1,
         "family_dag": 1,
+        "name_concepts": 1,
         "all": 1,
     }
 
@@ -162,3 +163,42 @@ def test_demo_family_dag(demo_run):
         summary["edges"] == families.num_rows
         and sum(summary["depth_histogram"]) == graph.number_of_nodes()
     )
+
+
+@pytest.mark.slow
+def test_demo_names_concepts(demo_run):
+    names = demo_run / "results/naming/names.parquet"
+    columns = [c[0] for c in duckdb.sql(f"describe select * from '{names}'").fetchall()]
+    assert columns == [
+        "concept",
+        "name",
+        "score",
+        "method",
+        "runner_up",
+        "runner_up_scores",
+        "group",
+        "frequency",
+    ]
+    rows, named, methods = duckdb.sql(
+        f"select count(*), count(name), list(distinct method) from '{names}'"
+    ).fetchall()[0]
+    assert rows == 256 and named > 0 and methods == ["hierarchy"]
+    vocabulary = duckdb.sql(
+        f"select term from '{demo_run}/results/vocabulary/terms.parquet'"
+    ).fetchall()
+    assert ("red circle",) in vocabulary
+    embeddings = duckdb.sql(
+        f"select count(*), count(distinct term), list(distinct pos order by pos) from '{demo_run}/results/vocabulary/embeddings.parquet'"
+    ).fetchall()[0]
+    assert embeddings[0] == 3 * embeddings[1] and embeddings[2] == ["adjective", "noun", "verb"]
+
+
+@pytest.mark.slow
+def test_ten_extra_terms_encode_only_those(demo_run, tmp_path):
+    words = tmp_path / "extra.txt"
+    words.write_text("\n".join(f"zq{chr(97 + i)}word" for i in range(10)) + "\n")
+    override = tmp_path / "extra.yaml"
+    override.write_text(f"vocabulary:\n  word_lists: [config/demo_words.txt, {words}]\n")
+    snakemake(demo_run, "results/vocabulary/embeddings.parquet", *DEMO, str(override))
+    log = (demo_run / "logs/embed_vocabulary.log").read_text()
+    assert "encoded 300 prompts (10 new terms x 30 templates)" in log

@@ -111,6 +111,12 @@ def partial_groups():
     return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
+def user_embeddings(wildcards=None):
+    """A precomputed (term, embedding) table, when `vocabulary.embeddings` names one."""
+    path = config["vocabulary"]["embeddings"]
+    return [path] if path else []
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -133,4 +139,5 @@ def all_targets():
             targets.append(f"results/features/{name}/summary.json")
         targets.append(f"results/concepts/{name}/summary.json")
     targets.append("results/hierarchy/families.parquet")
+    targets.append("results/naming/names.parquet")
     return targets

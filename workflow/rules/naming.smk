@@ -1,0 +1,63 @@
+rule vocabulary:
+    """The union of the configured term sources, with each term's sources (App. B.4)."""
+    input:
+        lists=config["vocabulary"]["word_lists"] + config["vocabulary"]["laion"],
+    output:
+        "results/vocabulary/terms.parquet",
+    log:
+        "logs/vocabulary.log",
+    conda:
+        ENV
+    params:
+        sources=config["vocabulary"],
+        code=code_version("insight.vocabulary"),
+    script:
+        "../scripts/vocabulary.py"
+
+
+rule embed_vocabulary:
+    """Template-averaged text embeddings per part of speech (Eq. B.11) and a FAISS index."""
+    input:
+        terms="results/vocabulary/terms.parquet",
+        given=user_embeddings,
+    output:
+        embeddings="results/vocabulary/embeddings.parquet",
+        index="results/vocabulary/index.faiss",
+    log:
+        "logs/embed_vocabulary.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        backbone=config["backbone"],
+        device=config["device"],
+        vocabulary=config["vocabulary"],
+        cache="results/vocabulary/cache",
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/embed_vocabulary.py"
+
+
+rule name_concepts:
+    """Name every concept: Eq. B.9 with its parents (hierarchy) or Eq. 6 (decoder)."""
+    input:
+        sae="results/models/sae.safetensors",
+        families="results/hierarchy/families.parquet",
+        totals="results/hierarchy/totals.parquet",
+        concepts=lambda wc: concept_shards(hierarchy_dataset()),
+        embeddings="results/vocabulary/embeddings.parquet",
+        index="results/vocabulary/index.faiss",
+    output:
+        "results/naming/names.parquet",
+    log:
+        "logs/name_concepts.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        naming=config["naming"],
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/name_concepts.py"

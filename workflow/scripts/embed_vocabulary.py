@@ -1,0 +1,31 @@
+"""Rule embed_vocabulary: term embeddings (cached per prompt) and the FAISS index."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from insight.io import write_parquet
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, embed_vocabulary
+from insight.runtime import resolve_device
+from insight.vocabulary import build_index, save_index, user_embedding_table
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+cfg = snakemake.params.vocabulary
+if snakemake.input.given:
+    table = user_embedding_table(snakemake.input.given[0])
+    log.info("using the given embeddings %s (%d terms)", snakemake.input.given[0], table.num_rows)
+else:
+    terms = pq.read_table(snakemake.input.terms, columns=["term"])["term"].to_pylist()
+    table, stats = embed_vocabulary(
+        terms,
+        backbone_spec(snakemake.params.backbone),
+        cfg,
+        snakemake.params.cache,
+        resolve_device(snakemake.params.device),
+    )
+    log.info("cache counters: %s", stats)
+write_parquet(table, snakemake.output.embeddings)
+vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+save_index(build_index(vectors, cfg["index"]), snakemake.output.index)

@@ -1,0 +1,27 @@
+"""Rule name_concepts: names, scores and runner-ups of every concept."""
+
+import torch
+
+from insight.io import write_parquet
+from insight.logs import setup_logging
+from insight.pipeline import name_concepts
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+table = name_concepts(
+    snakemake.input.sae,
+    snakemake.input.families,
+    snakemake.input.totals,
+    snakemake.input.concepts,
+    snakemake.input.embeddings,
+    snakemake.input.index,
+    snakemake.params.naming,
+)
+write_parquet(table, snakemake.output[0])
+named = table.filter(table["name"].is_valid())
+log.info(
+    "named %d of %d concepts (method %s)",
+    named.num_rows,
+    table.num_rows,
+    snakemake.params.naming["method"],
+)
