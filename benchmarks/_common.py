@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -44,3 +45,15 @@ def machine() -> dict:
 def report(result: dict) -> None:
     """Print the benchmark's last line: one JSON object."""
     print(json.dumps(result, sort_keys=True))
+
+
+def parser(doc: str | None, repeats: int = 2) -> argparse.ArgumentParser:
+    """An argument parser with the options every model benchmark shares."""
+    result = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    result.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    result.add_argument(
+        "--repeats", type=int, default=repeats, help="timed repeats; the best one counts"
+    )
+    return result

@@ -10,12 +10,12 @@ is a JSON object; ``ratio`` = project images/s / baseline images/s (target >= 0.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 from _common import best_time, cuda_sync, machine, report
+from _common import parser as benchmark_parser
 
 from insight.backbone import BackboneSpec, load_clip
 from insight.demo import make_scene_images
@@ -26,9 +26,7 @@ from insight.runtime import DTYPES, resolve_device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -39,9 +37,7 @@ def main() -> None:
         default=(500, 375),
         help="generated JPEG size (ImageNet-like)",
     )
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--decode-threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     device = resolve_device(args.device)

@@ -11,11 +11,11 @@ their ratio (target >= 3) and the largest difference of the updated weights.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 from _common import best_time, cuda_sync, machine, report
+from _common import parser as benchmark_parser
 
 from insight.runtime import resolve_device
 from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
@@ -24,16 +24,12 @@ from insight.sae_training import SAETrainer, TrainConfig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--m", type=int, default=8192)
     parser.add_argument("--k", type=int, default=12)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
     device = resolve_device(args.device)

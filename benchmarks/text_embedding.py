@@ -11,12 +11,12 @@ times the cached second pass.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import numpy as np
 import torch
 from _common import best_time, cuda_sync, machine, report
+from _common import parser as benchmark_parser
 
 from insight.backbone import BackboneSpec, load_clip
 from insight.runtime import resolve_device
@@ -25,14 +25,10 @@ from insight.vocabulary import TEMPLATES, wordfreq_terms
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--model", default="ViT-B-16")
     parser.add_argument("--terms", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     device = resolve_device(args.device)
