@@ -18,6 +18,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/hierarchy.smk"
 include: "workflow/rules/naming.smk"
+include: "workflow/rules/ovs.smk"
 
 
 rule all:

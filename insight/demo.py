@@ -113,3 +113,64 @@ def write_bad_images(out_dir: str | Path, kinds: list[str] | None = None) -> lis
             (folder / name).write_bytes(data)
             paths.append(folder / name)
     return paths
+
+
+VOC_SHAPE_CLASS = {
+    "circle": 1,
+    "square": 2,
+    "triangle": 3,
+}  # aeroplane, bicycle, bird in VOC's list
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def make_voc_dataset(
+    root: str | Path, count: int, seed: int = 1, size: tuple[int, int] = (320, 240)
+) -> None:
+    """Scenes in the VOC2012 layout: JPEGs, palette PNG labels (shapes on background 0,
+    a 255 border around each shape, as VOC draws object outlines) and the val split."""
+    from PIL import ImageFilter
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i in range(count):
+        image, objects = draw_scene(rng, size)
+        label = Image.new("L", size, 0)
+        draw = ImageDraw.Draw(label)
+        for obj in objects:
+            value = VOC_SHAPE_CLASS[obj["shape"]]
+            x0, y0, x1, y1 = obj["box"]
+            cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
+            if obj["shape"] == "circle":
+                draw.ellipse(obj["box"], fill=value)
+            elif obj["shape"] == "square":
+                draw.rectangle(obj["box"], fill=value)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=value)
+        array = np.array(label)
+        edges = np.array(label.filter(ImageFilter.FIND_EDGES)) > 0
+        array[edges] = 255
+        name = f"demo_{i:05d}"
+        image.save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+        png = Image.frombytes("P", size, np.ascontiguousarray(array).tobytes())
+        png.putpalette(voc_palette())
+        png.save(root / "SegmentationClass" / f"{name}.png")
+        ids.append(name)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")

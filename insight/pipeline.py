@@ -41,6 +41,9 @@ from insight.features import (
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
 from insight.logs import progress
 from insight.naming import concept_vectors, names_table, top_patch_weights
+from insight.ovs import OVSConfig, class_text_embeddings, scored_classes
+from insight.ovs import evaluate as evaluate_segmentation
+from insight.ovs_datasets import DATASETS, list_pairs
 from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, matryoshka_group_sizes
 from insight.sae_training import FeatureBatches, SAETrainer, TrainConfig, evaluate
 from insight.text import EmbeddingCache, TextEncoder
@@ -338,3 +341,52 @@ def name_concepts(
         totals["frequency"].to_numpy(),
         cfg["runner_up"],
     )
+
+
+def evaluate_ovs(
+    name: str,
+    root: str | Path,
+    spec: BackboneSpec,
+    dinoiser_path: str | Path | None,
+    gamma: float,
+    precision: str,
+    sae_path: str | Path,
+    cfg: dict,
+    cache_dir: str | Path,
+    device: torch.device,
+) -> dict:
+    """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs)."""
+    dataset = DATASETS[name]
+    pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
+    config = from_config(OVSConfig, cfg)
+    model, preprocess, tokenizer = load_clip(spec, device)
+    key = model_key(spec)
+    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
+    text_encoder = TextEncoder(model, tokenizer, key, device, cache=cache)
+    text = torch.from_numpy(
+        class_text_embeddings(scored_classes(dataset, config), text_encoder.encode)
+    ).to(device)
+    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
+    encoder = DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval()
+    sae = load_sae(sae_path).to(device)
+    bar = progress(min(len(pairs), config.max_images or len(pairs)), f"ovs {name}", "img")
+    result = evaluate_segmentation(
+        pairs,
+        dataset,
+        encoder,
+        BatchTransform(preprocess),
+        text,
+        sae,
+        config,
+        device,
+        lambda *_: bar.update(1),
+    )
+    bar.close()
+    for method, values in result["methods"].items():
+        log.info("%s %s: mIoU %.4f", name, method, values["miou"])
+    return {
+        "dataset": name,
+        "classes": list(dataset.classes),
+        "settings": dataclasses.asdict(config),
+        **result,
+    }

@@ -62,6 +62,8 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "cooccurrence": 1,
         "family_dag": 1,
         "name_concepts": 1,
+        "ovs": 8,
+        "ovs_table": 1,
         "all": 1,
     }
 
@@ -202,3 +204,21 @@ def test_ten_extra_terms_encode_only_those(demo_run, tmp_path):
     snakemake(demo_run, "results/vocabulary/embeddings.parquet", *DEMO, str(override))
     log = (demo_run / "logs/embed_vocabulary.log").read_text()
     assert "encoded 300 prompts (10 new terms x 30 templates)" in log
+
+
+@pytest.mark.slow
+def test_demo_ovs_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/ovs_table.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][0] == "method" and {"voc", "voc20", "ade20k"} <= set(rows[0])
+    assert [r[0] for r in rows[1:]] == ["clip_dinoiser", "insight", "insight_thresholded"]
+    column = {name: i for i, name in enumerate(rows[0])}
+    for row in rows[1:]:
+        assert 0.0 <= float(row[column["voc"]]) <= 100.0 and row[column["ade20k"]] == "not run"
+    voc = json.loads((demo_run / "results/ovs/voc.json").read_text())
+    assert voc["images"] == 12 and len(voc["methods"]["insight"]["per_class_iou"]) == 21
+    absent = json.loads((demo_run / "results/ovs/ade20k.json").read_text())
+    assert absent["status"] == "not run" and "annotations/validation" in absent["reason"]
+    assert (demo_run / "results/ovs_table.md").read_text().startswith("| method |")

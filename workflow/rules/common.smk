@@ -12,6 +12,7 @@ from insight.provenance import source_digest
 validate(config, schema="../schemas/config.schema.yaml")
 
 DEMO_IMAGES = "results/demo/images"
+DEMO_VOC = "results/demo/voc/VOC2012"
 ENV = "../../envs/insight.yaml"
 SOURCE_LAYOUTS = {
     "folder": "a folder of image files (recursive)",
@@ -117,6 +118,13 @@ def user_embeddings(wildcards=None):
     return [path] if path else []
 
 
+def ovs_root_input(wildcards):
+    """A benchmark's root as an input when it exists (or the workflow makes it), so a
+    dataset added later makes its result stale; an absent one is reported as not run."""
+    root = config["ovs"]["datasets"][wildcards.benchmark]
+    return [root] if root == DEMO_VOC or Path(root).exists() else []
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -140,4 +148,6 @@ def all_targets():
         targets.append(f"results/concepts/{name}/summary.json")
     targets.append("results/hierarchy/families.parquet")
     targets.append("results/naming/names.parquet")
+    if config["ovs"]["datasets"]:
+        targets.append("results/ovs_table.csv")
     return targets

@@ -13,3 +13,19 @@ rule demo_images:
         code=code_version("insight.demo"),
     script:
         "../scripts/demo_images.py"
+
+
+rule demo_voc:
+    """Generate a small segmentation set in the VOC2012 layout for the offline OVS table."""
+    output:
+        directory(DEMO_VOC),
+    log:
+        "logs/demo_voc.log",
+    conda:
+        ENV
+    params:
+        scenes=config["demo"]["voc_images"],
+        seed=config["demo"]["seed"] + 1,
+        code=code_version("insight.demo"),
+    script:
+        "../scripts/demo_voc.py"

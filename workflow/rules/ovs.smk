@@ -1,0 +1,45 @@
+rule ovs:
+    """One benchmark: per-class IoU and mIoU of the three methods (absent data: 'not run')."""
+    input:
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        root=ovs_root_input,
+    output:
+        "results/ovs/{benchmark}.json",
+    log:
+        "logs/ovs/{benchmark}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        root=lambda wc: config["ovs"]["datasets"][wc.benchmark],
+        ovs=config["ovs"],
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        precision=config["features"]["precision"],
+        cache="results/vocabulary/cache",
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/ovs.py"
+
+
+rule ovs_table:
+    """results/ovs_table.csv: one row per method, one column per benchmark (+ markdown)."""
+    input:
+        expand(
+            "results/ovs/{benchmark}.json", benchmark=list(config["ovs"]["datasets"])
+        ),
+    output:
+        csv="results/ovs_table.csv",
+        markdown="results/ovs_table.md",
+    log:
+        "logs/ovs_table.log",
+    conda:
+        ENV
+    params:
+        code=code_version("insight.ovs"),
+    script:
+        "../scripts/ovs_table.py"

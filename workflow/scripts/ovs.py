@@ -1,0 +1,30 @@
+"""Rule ovs: evaluate one benchmark; an absent dataset is recorded as not run."""
+
+import torch
+
+from insight.images import DatasetLayoutError
+from insight.io import write_json
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, evaluate_ovs
+from insight.runtime import resolve_device
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name = snakemake.wildcards.benchmark
+try:
+    result = evaluate_ovs(
+        name,
+        snakemake.params.root,
+        backbone_spec(snakemake.params.backbone),
+        snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
+        snakemake.params.gamma,
+        snakemake.params.precision,
+        snakemake.input.sae,
+        snakemake.params.ovs,
+        snakemake.params.cache,
+        resolve_device(snakemake.params.device),
+    )
+except DatasetLayoutError as err:
+    log.warning("%s not run: %s", name, err)
+    result = {"dataset": name, "status": "not run", "reason": str(err)}
+write_json(result, snakemake.output[0])
