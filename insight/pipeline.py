@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from insight.backbone import RANDOM_INIT_SEED, BackboneSpec, load_clip, maskclip_features
 from insight.concepts import encode_shard
@@ -30,6 +31,7 @@ from insight.dinoiser import (
     teacher_affinity,
     train_dinoiser,
 )
+from insight.explain_ovs import explain_image, explanation_figure, save_prediction_png
 from insight.features import (
     BatchTransform,
     DenseEncoder,
@@ -39,6 +41,7 @@ from insight.features import (
     extract_shard,
 )
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
+from insight.io import write_json
 from insight.logs import progress
 from insight.naming import concept_vectors, names_table, top_patch_weights
 from insight.ovs import OVSConfig, class_text_embeddings, scored_classes
@@ -354,8 +357,12 @@ def evaluate_ovs(
     cfg: dict,
     cache_dir: str | Path,
     device: torch.device,
+    out_dir: str | Path | None = None,
+    names_path: str | Path | None = None,
 ) -> dict:
-    """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs)."""
+    """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs). With
+    ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
+    figures of the first ``explain_images`` images (Fig. 7)."""
     dataset = DATASETS[name]
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     config = from_config(OVSConfig, cfg)
@@ -363,25 +370,41 @@ def evaluate_ovs(
     key = model_key(spec)
     cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
     text_encoder = TextEncoder(model, tokenizer, key, device, cache=cache)
-    text = torch.from_numpy(
-        class_text_embeddings(scored_classes(dataset, config), text_encoder.encode)
-    ).to(device)
+    classes = scored_classes(dataset, config)
+    text = torch.from_numpy(class_text_embeddings(classes, text_encoder.encode)).to(device)
     dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
     encoder = DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval()
+    transform = BatchTransform(preprocess)
     sae = load_sae(sae_path).to(device)
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     bar = progress(min(len(pairs), config.max_images or len(pairs)), f"ovs {name}", "img")
+
+    def on_image(image_id: str, predictions: dict) -> None:
+        bar.update(1)
+        if out is not None and cfg.get("save_predictions"):
+            for method, prediction in predictions.items():
+                save_prediction_png(prediction, out / "pred" / method / f"{image_id}.png")
+
     result = evaluate_segmentation(
-        pairs,
-        dataset,
-        encoder,
-        BatchTransform(preprocess),
-        text,
-        sae,
-        config,
-        device,
-        lambda *_: bar.update(1),
+        pairs, dataset, encoder, transform, text, sae, config, device, on_image
     )
     bar.close()
+    if out is not None and cfg.get("explain_images"):
+        names = {}
+        if names_path:
+            table = pq.read_table(names_path, columns=["concept", "name"])
+            names = dict(zip(table["concept"].to_pylist(), table["name"].to_pylist(), strict=True))
+        explanations = {}
+        for image_id, image_path, _ in pairs[: cfg["explain_images"]]:
+            with Image.open(image_path) as image:
+                explanation = explain_image(
+                    image, encoder, transform, text, sae, classes, config.short_side, device=device
+                )
+                explanation_figure(image, explanation, names, out / "explain" / f"{image_id}.png")
+            explanations[image_id] = {k: v for k, v in explanation.items() if k != "segmentation"}
+        write_json(explanations, out / "explain" / "explanations.json")
     for method, values in result["methods"].items():
         log.info("%s %s: mIoU %.4f", name, method, values["miou"])
     return {

@@ -128,3 +128,41 @@ def test_evaluate_reduces_zero_label(tmp_path, models):
     for method in METHODS:
         per_class = result["methods"][method]["per_class_iou"]
         assert per_class["aeroplane"] is not None
+
+
+def test_concept_contribution_is_activation_times_cosine():
+    from insight.explain_ovs import concept_contributions
+
+    codes = torch.tensor([[2.0, 0.0, 1.0], [4.0, 1.0, 0.0], [9.0, 9.0, 9.0]])
+    segment = torch.tensor([True, True, False])
+    w_dec = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    label_text = torch.tensor([2.0, 0.0])
+    # mean activations on the segment (3, 0.5, 0.5) times cos with the label (1, 0, 1/sqrt 2)
+    expected = torch.tensor([3.0, 0.0, 0.5 / 2**0.5])
+    torch.testing.assert_close(concept_contributions(codes, segment, w_dec, label_text), expected)
+    assert (
+        concept_contributions(codes, torch.zeros(3, dtype=torch.bool), w_dec, label_text)
+        .abs()
+        .sum()
+        == 0
+    )
+
+
+def test_explanation_figure_and_prediction_png(tmp_path, models):
+    from insight.explain_ovs import explain_image, explanation_figure, save_prediction_png
+
+    encoder, transform, sae = models
+    text = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    image = Image.new("RGB", (300, 200), (200, 30, 30))
+    explanation = explain_image(
+        image, encoder, transform, text, sae, ["a", "b", "c"], short_side=224, top=4
+    )
+    assert explanation["label"] in ("a", "b", "c") and len(explanation["concepts"]) == 4
+    assert explanation["contributions"] == sorted(explanation["contributions"], reverse=True)
+    explanation_figure(
+        image, explanation, {explanation["concepts"][0]: "<script>"}, tmp_path / "f.png"
+    )
+    assert Image.open(tmp_path / "f.png").size[0] > 500
+    save_prediction_png(np.array([[0, 1], [2, 255]]), tmp_path / "p.png")
+    saved = Image.open(tmp_path / "p.png")
+    assert saved.mode == "P" and np.array(saved).tolist() == [[0, 1], [2, 255]]

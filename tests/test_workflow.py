@@ -222,3 +222,10 @@ def test_demo_ovs_table(demo_run):
     absent = json.loads((demo_run / "results/ovs/ade20k.json").read_text())
     assert absent["status"] == "not run" and "annotations/validation" in absent["reason"]
     assert (demo_run / "results/ovs_table.md").read_text().startswith("| method |")
+    predictions = sorted((demo_run / "results/ovs/voc/pred/insight").glob("*.png"))
+    assert len(predictions) == 12
+    explained = json.loads((demo_run / "results/ovs/voc/explain/explanations.json").read_text())
+    assert len(explained) == 2 and all(
+        len(e["concepts"]) == len(e["contributions"]) for e in explained.values()
+    )
+    assert len(list((demo_run / "results/ovs/voc/explain").glob("*.png"))) == 2

@@ -4,8 +4,12 @@ rule ovs:
         sae="results/models/sae.safetensors",
         dinoiser=dinoiser_weights,
         root=ovs_root_input,
+        names=lambda wc: (
+            ["results/naming/names.parquet"] if config["ovs"]["explain_images"] else []
+        ),
     output:
-        "results/ovs/{benchmark}.json",
+        result="results/ovs/{benchmark}.json",
+        figures=directory("results/ovs/{benchmark}"),
     log:
         "logs/ovs/{benchmark}.log",
     conda:

@@ -1,5 +1,7 @@
 """Rule ovs: evaluate one benchmark; an absent dataset is recorded as not run."""
 
+from pathlib import Path
+
 import torch
 
 from insight.images import DatasetLayoutError
@@ -23,8 +25,11 @@ try:
         snakemake.params.ovs,
         snakemake.params.cache,
         resolve_device(snakemake.params.device),
+        out_dir=snakemake.output.figures,
+        names_path=snakemake.input.names[0] if snakemake.input.names else None,
     )
 except DatasetLayoutError as err:
     log.warning("%s not run: %s", name, err)
     result = {"dataset": name, "status": "not run", "reason": str(err)}
-write_json(result, snakemake.output[0])
+    Path(snakemake.output.figures).mkdir(parents=True, exist_ok=True)
+write_json(result, snakemake.output.result)
