@@ -19,6 +19,7 @@ include: "workflow/rules/sae.smk"
 include: "workflow/rules/hierarchy.smk"
 include: "workflow/rules/naming.smk"
 include: "workflow/rules/ovs.smk"
+include: "workflow/rules/interpretability.smk"
 
 
 rule all:

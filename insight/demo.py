@@ -174,3 +174,35 @@ def make_voc_dataset(
         png.save(root / "SegmentationClass" / f"{name}.png")
         ids.append(name)
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+
+
+def make_part_dataset(
+    root: str | Path, count: int, seed: int = 2, size: tuple[int, int] = (224, 224)
+) -> None:
+    """Scenes in the PartImageNet layout: each shape has two parts (its upper and lower
+    half, parts 2s and 2s+1 for shape s), background 40; split ``test``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "images" / "test").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "test").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, objects = draw_scene(rng, size)
+        labels = np.full((size[1], size[0]), 40, dtype=np.uint8)
+        for obj in objects:
+            mask = Image.new("L", size, 0)
+            draw = ImageDraw.Draw(mask)
+            x0, y0, x1, y1 = obj["box"]
+            cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
+            if obj["shape"] == "circle":
+                draw.ellipse(obj["box"], fill=1)
+            elif obj["shape"] == "square":
+                draw.rectangle(obj["box"], fill=1)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=1)
+            inside = np.array(mask) > 0
+            part = 2 * SHAPES.index(obj["shape"])
+            rows = np.arange(size[1])[:, None]
+            labels[inside & (rows < cy)] = part
+            labels[inside & (rows >= cy)] = part + 1
+        image.save(root / "images" / "test" / f"part_{i:05d}.JPEG", format="JPEG", quality=90)
+        Image.fromarray(labels).save(root / "annotations" / "test" / f"part_{i:05d}.png")

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -413,3 +414,79 @@ def evaluate_ovs(
         "settings": dataclasses.asdict(config),
         **result,
     }
+
+
+def interpretability_rows(
+    datasets: dict[str, str],
+    spec: BackboneSpec,
+    dinoiser_path: str | Path | None,
+    gamma: float,
+    sae_path: str | Path,
+    cfg: dict,
+    device: torch.device,
+) -> list[dict]:
+    """App. A.1 on each part-annotated dataset, for INSIGHT (patch codes) and for the same
+    SAE on the global image embedding broadcast to every patch (no spatial grounding).
+
+    Images are resized (squashed) to the model's input size, so the patch grid maps onto
+    the label map exactly; concept maps are binarised at activation > 0."""
+    from insight.images import DatasetLayoutError
+    from insight.interpretability import (
+        PART_DATASETS,
+        InterpretabilityAccumulator,
+        concept_masks_of_image,
+        part_pairs,
+    )
+
+    model, _, _ = load_clip(spec, device)
+    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
+    encoder = DenseEncoder(model.visual, dinoiser, gamma).to(device).eval()
+    sae = load_sae(sae_path).to(device)
+    size = tuple(model.visual.image_size)
+    grid = tuple(model.visual.grid_size)
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
+    rows = []
+    for name, root in datasets.items():
+        n_labels, background, _ = PART_DATASETS[name]
+        try:
+            pairs = part_pairs(name, root, cfg["split"])
+        except DatasetLayoutError as err:
+            log.warning("%s not run: %s", name, err)
+            rows += [
+                {"method": m, "dataset": name, "status": "not run"}
+                for m in ("insight", "global_broadcast")
+            ]
+            continue
+        pairs = pairs[: cfg["max_images"]] if cfg["max_images"] else pairs
+        minimum = cfg["min_images"][name]
+        accumulators = {
+            m: InterpretabilityAccumulator(list(range(n_labels)), background, minimum)
+            for m in ("insight", "global_broadcast")
+        }
+        bar = progress(len(pairs), f"interpretability {name}", "img")
+        for _, image_path, label_path in pairs:
+            label_map = np.array(Image.open(label_path))
+            with Image.open(image_path) as image:
+                pixels = np.array(
+                    image.convert("RGB").resize(size[::-1], Image.BICUBIC), dtype=np.uint8
+                )
+            x = (
+                torch.from_numpy(pixels).to(device).permute(2, 0, 1)[None].float() / 255 - mean
+            ) / std
+            with torch.no_grad():
+                patch_codes = sae.encode(encoder(x)[0]).cpu().numpy()
+                global_codes = sae.encode(model.visual(x)).cpu().numpy()
+            h, w = label_map.shape
+            active, masks = concept_masks_of_image(patch_codes, grid, h, w)
+            accumulators["insight"].add(active, masks, label_map)
+            broadcast = np.repeat(global_codes, grid[0] * grid[1], axis=0)
+            active, masks = concept_masks_of_image(broadcast, grid, h, w)
+            accumulators["global_broadcast"].add(active, masks, label_map)
+            bar.update(1)
+        bar.close()
+        for method, accumulator in accumulators.items():
+            rows.append(
+                {"method": method, "dataset": name, "images": len(pairs), **accumulator.summary()}
+            )
+    return rows

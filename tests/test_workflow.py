@@ -64,6 +64,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "name_concepts": 1,
         "ovs": 8,
         "ovs_table": 1,
+        "interpretability": 1,
         "all": 1,
     }
 
@@ -229,3 +230,17 @@ def test_demo_ovs_table(demo_run):
         len(e["concepts"]) == len(e["contributions"]) for e in explained.values()
     )
     assert len(list((demo_run / "results/ovs/voc/explain").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_demo_interpretability_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/interpretability_table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    demo_rows = {r["method"]: r for r in rows if r["dataset"] == "partimagenet"}
+    assert set(demo_rows) == {"insight", "global_broadcast"}
+    for row in demo_rows.values():
+        assert 0 <= float(row["locality"]) <= 1 and 0 <= float(row["consistency"]) <= 1
+        assert float(row["impurity"]) >= 0 and int(row["images"]) == 16
+    assert {r["status"] for r in rows if r["dataset"] == "coco_stuff"} == {"not run"}

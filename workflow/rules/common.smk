@@ -13,6 +13,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 DEMO_IMAGES = "results/demo/images"
 DEMO_VOC = "results/demo/voc/VOC2012"
+DEMO_PARTS = "results/demo/parts"
 ENV = "../../envs/insight.yaml"
 SOURCE_LAYOUTS = {
     "folder": "a folder of image files (recursive)",
@@ -125,6 +126,12 @@ def ovs_root_input(wildcards):
     return [root] if root == DEMO_VOC or Path(root).exists() else []
 
 
+def interpretability_roots(wildcards=None):
+    """The part-annotated roots that exist (or that the workflow makes) as inputs."""
+    roots = config["interpretability"]["datasets"].values()
+    return [r for r in roots if r == DEMO_PARTS or Path(r).exists()]
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -150,4 +157,6 @@ def all_targets():
     targets.append("results/naming/names.parquet")
     if config["ovs"]["datasets"]:
         targets.append("results/ovs_table.csv")
+    if config["interpretability"]["datasets"]:
+        targets.append("results/interpretability_table.csv")
     return targets

@@ -29,3 +29,19 @@ rule demo_voc:
         code=code_version("insight.demo"),
     script:
         "../scripts/demo_voc.py"
+
+
+rule demo_parts:
+    """Generate a small part-annotated set in the PartImageNet layout."""
+    output:
+        directory(DEMO_PARTS),
+    log:
+        "logs/demo_parts.log",
+    conda:
+        ENV
+    params:
+        scenes=config["demo"]["part_images"],
+        seed=config["demo"]["seed"] + 2,
+        code=code_version("insight.demo"),
+    script:
+        "../scripts/demo_parts.py"

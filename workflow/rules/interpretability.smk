@@ -1,0 +1,24 @@
+rule interpretability:
+    """Locality, Consistency, Impurity (App. A.1): INSIGHT and the global-broadcast baseline."""
+    input:
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        roots=interpretability_roots,
+    output:
+        "results/interpretability_table.csv",
+    log:
+        "logs/interpretability.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        datasets=config["interpretability"]["datasets"],
+        cfg=config["interpretability"],
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/interpretability.py"

@@ -1,0 +1,38 @@
+"""Rule interpretability: the Locality / Consistency / Impurity table."""
+
+import csv
+
+import torch
+
+from insight.io import atomic_path
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, interpretability_rows
+from insight.runtime import resolve_device
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+rows = interpretability_rows(
+    snakemake.params.datasets,
+    backbone_spec(snakemake.params.backbone),
+    snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
+    snakemake.params.gamma,
+    snakemake.input.sae,
+    snakemake.params.cfg,
+    resolve_device(snakemake.params.device),
+)
+columns = [
+    "method",
+    "dataset",
+    "locality",
+    "consistency",
+    "impurity",
+    "images",
+    "active_concepts",
+    "status",
+]
+with atomic_path(snakemake.output[0]) as tmp, open(tmp, "w", newline="") as handle:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in columns})
+        log.info("%s", row)
