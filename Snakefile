@@ -20,6 +20,7 @@ include: "workflow/rules/hierarchy.smk"
 include: "workflow/rules/naming.smk"
 include: "workflow/rules/ovs.smk"
 include: "workflow/rules/interpretability.smk"
+include: "workflow/rules/classification.smk"
 
 
 rule all:

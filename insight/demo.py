@@ -206,3 +206,33 @@ def make_part_dataset(
             labels[inside & (rows >= cy)] = part + 1
         image.save(root / "images" / "test" / f"part_{i:05d}.JPEG", format="JPEG", quality=90)
         Image.fromarray(labels).save(root / "annotations" / "test" / f"part_{i:05d}.png")
+
+
+def make_imagefolder(
+    root: str | Path, per_class: dict[str, int], seed: int = 3, size: tuple[int, int] = (224, 224)
+) -> None:
+    """An ImageFolder (``root/{split}/{shape}/*.jpg``) whose class is the shape drawn."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for shape in SHAPES:
+            folder = root / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+                noise = rng.normal(0, 12, size=(size[1], size[0], 3))
+                image = Image.fromarray(
+                    np.clip(np.array(BACKGROUNDS[background]) + noise, 0, 255).astype(np.uint8)
+                )
+                draw = ImageDraw.Draw(image)
+                r = int(rng.integers(size[0] // 6, size[0] // 3))
+                cx, cy = int(rng.integers(r, size[0] - r)), int(rng.integers(r, size[1] - r))
+                fill = list(COLOURS.values())[rng.integers(len(COLOURS))]
+                box = (cx - r, cy - r, cx + r, cy + r)
+                if shape == "circle":
+                    draw.ellipse(box, fill=fill)
+                elif shape == "square":
+                    draw.rectangle(box, fill=fill)
+                else:
+                    draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+                image.save(folder / f"{shape}_{i:04d}.jpg", quality=90)

@@ -65,6 +65,8 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "ovs": 8,
         "ovs_table": 1,
         "interpretability": 1,
+        "classification": 3,
+        "classification_table": 1,
         "all": 1,
     }
 
@@ -244,3 +246,21 @@ def test_demo_interpretability_table(demo_run):
         assert 0 <= float(row["locality"]) <= 1 and 0 <= float(row["consistency"]) <= 1
         assert float(row["impurity"]) >= 0 and int(row["images"]) == 16
     assert {r["status"] for r in rows if r["dataset"] == "coco_stuff"} == {"not run"}
+
+
+@pytest.mark.slow
+def test_demo_classification_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/classification_table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    shapes = {r["method"]: r for r in rows if r["dataset"] == "shapes"}
+    assert set(shapes) == {"insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"}
+    assert all(0 <= float(r["top1"]) <= 1 for r in shapes.values())
+    result = json.loads((demo_run / "results/classification/shapes.json").read_text())
+    for explanation in result["explanations"].values():
+        contributions = explanation["contributions"]
+        assert contributions == sorted(contributions, reverse=True)
+        for share, contribution in zip(explanation["shares"], contributions, strict=True):
+            assert share == pytest.approx(contribution / explanation["logit"])
+        assert explanation["class"] in result["classes"]

@@ -14,6 +14,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO_IMAGES = "results/demo/images"
 DEMO_VOC = "results/demo/voc/VOC2012"
 DEMO_PARTS = "results/demo/parts"
+DEMO_IMAGEFOLDER = "results/demo/imagefolder"
 ENV = "../../envs/insight.yaml"
 SOURCE_LAYOUTS = {
     "folder": "a folder of image files (recursive)",
@@ -132,6 +133,12 @@ def interpretability_roots(wildcards=None):
     return [r for r in roots if r == DEMO_PARTS or Path(r).exists()]
 
 
+def classification_root(wildcards):
+    """An ImageFolder root as an input when it exists (or the workflow makes it)."""
+    root = config["classification"]["datasets"][wildcards.cdataset]
+    return [root] if root == DEMO_IMAGEFOLDER or Path(root).exists() else []
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -159,4 +166,6 @@ def all_targets():
         targets.append("results/ovs_table.csv")
     if config["interpretability"]["datasets"]:
         targets.append("results/interpretability_table.csv")
+    if config["classification"]["datasets"]:
+        targets.append("results/classification_table.csv")
     return targets

@@ -45,3 +45,19 @@ rule demo_parts:
         code=code_version("insight.demo"),
     script:
         "../scripts/demo_parts.py"
+
+
+rule demo_imagefolder:
+    """Generate a small ImageFolder classification set (class = the shape drawn)."""
+    output:
+        directory(DEMO_IMAGEFOLDER),
+    log:
+        "logs/demo_imagefolder.log",
+    conda:
+        ENV
+    params:
+        per_class=config["demo"]["classification_images"],
+        seed=config["demo"]["seed"] + 3,
+        code=code_version("insight.demo"),
+    script:
+        "../scripts/demo_imagefolder.py"

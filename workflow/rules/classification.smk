@@ -1,0 +1,47 @@
+rule classification:
+    """Probes on INSIGHT concepts and on CLIP, and zero-shot CLIP, for one dataset (App. B.5)."""
+    input:
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        root=classification_root,
+        names="results/naming/names.parquet",
+    output:
+        result="results/classification/{cdataset}.json",
+        train="results/classification/{cdataset}/train.parquet",
+        test="results/classification/{cdataset}/test.parquet",
+    log:
+        "logs/classification/{cdataset}.log",
+    wildcard_constraints:
+        cdataset=r"[^/]+",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        root=lambda wc: config["classification"]["datasets"][wc.cdataset],
+        cfg=config["classification"],
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        cache="results/vocabulary/cache",
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/classification.py"
+
+
+rule classification_table:
+    """results/classification_table.csv: method, dataset, top-1, top-5, non-zero weights."""
+    input:
+        expand(
+            "results/classification/{cdataset}.json",
+            cdataset=list(config["classification"]["datasets"]),
+        ),
+    output:
+        "results/classification_table.csv",
+    log:
+        "logs/classification_table.log",
+    conda:
+        ENV
+    script:
+        "../scripts/classification_table.py"

@@ -1,0 +1,49 @@
+"""Rule classification: image-level vectors, the probes, zero-shot, explanations."""
+
+import pyarrow as pa
+import torch
+
+from insight.classification import imagefolder
+from insight.images import DatasetLayoutError
+from insight.io import write_json, write_parquet
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, classification_results, classification_vectors
+from insight.runtime import resolve_device
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, cfg = snakemake.wildcards.cdataset, snakemake.params.cfg
+spec, device = backbone_spec(snakemake.params.backbone), resolve_device(snakemake.params.device)
+dinoiser = snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None
+try:
+    train_pairs, classes = imagefolder(
+        snakemake.params.root, cfg["train_split"], cfg["images_per_class"]
+    )
+    test_pairs, _ = imagefolder(snakemake.params.root, cfg["test_split"], cfg["images_per_class"])
+except (DatasetLayoutError, FileNotFoundError) as err:
+    log.warning("%s not run: %s", name, err)
+    for path in (snakemake.output.train, snakemake.output.test):
+        write_parquet(pa.table({"image_id": pa.array([], pa.string())}), path)
+    write_json({"dataset": name, "status": "not run", "reason": str(err)}, snakemake.output.result)
+else:
+    tables = {}
+    for split, pairs in (("train", train_pairs), ("test", test_pairs)):
+        tables[split] = classification_vectors(
+            pairs, spec, dinoiser, snakemake.params.gamma, snakemake.input.sae, device
+        )
+        write_parquet(tables[split], snakemake.output[split])
+    rows, explanations = classification_results(
+        name,
+        tables["train"],
+        tables["test"],
+        classes,
+        spec,
+        cfg,
+        snakemake.params.cache,
+        device,
+        snakemake.input.names,
+    )
+    write_json(
+        {"dataset": name, "classes": classes, "rows": rows, "explanations": explanations},
+        snakemake.output.result,
+    )

@@ -1,0 +1,20 @@
+"""Rule classification_table: gather the datasets' rows."""
+
+import csv
+
+from insight.io import atomic_path, read_json
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+columns = ["method", "dataset", "top1", "top5", "nonzero_per_class", "status"]
+with atomic_path(snakemake.output[0]) as tmp, open(tmp, "w", newline="") as handle:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    for path in snakemake.input:
+        result = read_json(path)
+        if result.get("status") == "not run":
+            writer.writerow({"method": "all", "dataset": result["dataset"], "status": "not run"})
+            continue
+        for row in result["rows"]:
+            writer.writerow({key: row.get(key) for key in columns if key != "status"})
+            log.info("%s", row)

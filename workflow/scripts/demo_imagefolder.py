@@ -1,0 +1,13 @@
+"""Rule demo_imagefolder: a generated ImageFolder classification set."""
+
+from insight.demo import make_imagefolder
+from insight.io import atomic_dir
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+per_class = snakemake.params.per_class
+with atomic_dir(snakemake.output[0]) as tmp:
+    make_imagefolder(
+        tmp, {"train": per_class, "val": max(1, per_class // 2)}, seed=snakemake.params.seed
+    )
+log.info("wrote %d training images per class", per_class)
