@@ -287,14 +287,30 @@ def model_key(spec: BackboneSpec) -> str:
     return f"{spec.model}/{spec.pretrained or f'random-init-{RANDOM_INIT_SEED}'}"
 
 
+def cached_text_encoder(
+    model,
+    tokenizer,
+    spec: BackboneSpec,
+    cache_dir: str | Path,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> TextEncoder:
+    """A text encoder over the shared prompt cache of this model (one folder per model key)."""
+    key = model_key(spec)
+    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
+    return TextEncoder(model, tokenizer, key, device, precision, batch_size, cache)
+
+
 def embed_vocabulary(
     terms: list[str], spec: BackboneSpec, cfg: dict, cache_dir: str | Path, device: torch.device
 ) -> tuple[pa.Table, dict]:
     """Eq. B.11 for every term (per part of speech), through the prompt cache."""
     model, _, tokenizer = load_clip(spec, device)
-    key = model_key(spec)
-    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
-    encoder = TextEncoder(model, tokenizer, key, device, cfg["precision"], cfg["batch_size"], cache)
+    encoder = cached_text_encoder(
+        model, tokenizer, spec, cache_dir, device, cfg["precision"], cfg["batch_size"]
+    )
+    cache = encoder.cache
     bar = progress(None, "encode prompts", "prompt")
     by_pos = template_embeddings(terms, lambda prompts: encoder.encode(prompts, bar.update))
     bar.close()
@@ -368,9 +384,7 @@ def evaluate_ovs(
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     config = from_config(OVSConfig, cfg)
     model, preprocess, tokenizer = load_clip(spec, device)
-    key = model_key(spec)
-    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
-    text_encoder = TextEncoder(model, tokenizer, key, device, cache=cache)
+    text_encoder = cached_text_encoder(model, tokenizer, spec, cache_dir, device)
     classes = scored_classes(dataset, config)
     text = torch.from_numpy(class_text_embeddings(classes, text_encoder.encode)).to(device)
     dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
@@ -606,11 +620,9 @@ def classification_results(
         )
         log.info("%s %s: %s (sweep: %s)", name, method, rows[-1], trials)
     model, _, tokenizer = load_clip(spec, device)
-    key = model_key(spec)
-    cache = EmbeddingCache(Path(cache_dir) / hashlib.sha1(key.encode()).hexdigest()[:16], key)
     text = torch.from_numpy(
         class_text_embeddings(
-            class_names, TextEncoder(model, tokenizer, key, device, cache=cache).encode
+            class_names, cached_text_encoder(model, tokenizer, spec, cache_dir, device).encode
         )
     )
     zero_shot = torch.nn.functional.normalize(matrix(test, "clip"), dim=-1) @ text.T
