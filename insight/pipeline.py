@@ -139,19 +139,29 @@ def train_dinoiser_from_images(
     return g, metrics
 
 
-def dense_encoder(
+@dataclasses.dataclass
+class FrozenModels:
+    """What a model job loads once: the frozen CLIP (text tower, global embedding), its
+    tokenizer, the DINOised dense encoder over its visual tower, and the image transform."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    encoder: DenseEncoder
+    transform: BatchTransform
+
+
+def load_frozen(
     spec: BackboneSpec,
     dinoiser_path: str | Path | None,
     gamma: float,
     device: torch.device,
     precision: str = "fp32",
-) -> tuple[DenseEncoder, BatchTransform]:
-    """The frozen CLIP + DINOiser feature encoder (weights in ``precision``) and its transform."""
-    model, preprocess, _ = load_clip(spec, device)
+) -> FrozenModels:
+    """Load CLIP and the DINOiser once; the visual weights are cast to ``precision``."""
+    model, preprocess, tokenizer = load_clip(spec, device)
     dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    return DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval(), BatchTransform(
-        preprocess
-    )
+    encoder = DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval()
+    return FrozenModels(model, tokenizer, encoder, BatchTransform(preprocess))
 
 
 def extract_shard_from_index(
@@ -170,10 +180,18 @@ def extract_shard_from_index(
     refs = refs_of_shard(index, shard)
     if not refs:
         raise ValueError(f"shard {shard} is empty in the image index")
-    encoder, preprocess = dense_encoder(spec, dinoiser_path, gamma, device, precision)
+    models = load_frozen(spec, dinoiser_path, gamma, device, precision)
     bar = progress(len(refs), f"features shard {shard:05d}", "img")
     stats = extract_shard(
-        encoder, preprocess, refs, out_path, rejected_path, spec.name, config, device, bar.update
+        models.encoder,
+        models.transform,
+        refs,
+        out_path,
+        rejected_path,
+        spec.name,
+        config,
+        device,
+        bar.update,
     )
     bar.close()
     if stats.rejected:
@@ -383,13 +401,11 @@ def evaluate_ovs(
     dataset = DATASETS[name]
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     config = from_config(OVSConfig, cfg)
-    model, preprocess, tokenizer = load_clip(spec, device)
-    text_encoder = cached_text_encoder(model, tokenizer, spec, cache_dir, device)
+    models = load_frozen(spec, dinoiser_path, gamma, device, precision)
+    encoder, transform = models.encoder, models.transform
+    text_encoder = cached_text_encoder(models.model, models.tokenizer, spec, cache_dir, device)
     classes = scored_classes(dataset, config)
     text = torch.from_numpy(class_text_embeddings(classes, text_encoder.encode)).to(device)
-    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    encoder = DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval()
-    transform = BatchTransform(preprocess)
     sae = load_sae(sae_path).to(device)
     out = Path(out_dir) if out_dir else None
     if out is not None:
@@ -452,14 +468,11 @@ def interpretability_rows(
         part_pairs,
     )
 
-    model, _, _ = load_clip(spec, device)
-    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    encoder = DenseEncoder(model.visual, dinoiser, gamma).to(device).eval()
+    models = load_frozen(spec, dinoiser_path, gamma, device)
+    model, encoder = models.model, models.encoder
     sae = load_sae(sae_path).to(device)
     size = tuple(model.visual.image_size)
     grid = tuple(model.visual.grid_size)
-    mean = torch.tensor(model.visual.preprocess_cfg["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(model.visual.preprocess_cfg["std"], device=device).view(1, 3, 1, 1)
     rows = []
     for name, root in datasets.items():
         n_labels, background, _ = PART_DATASETS[name]
@@ -485,9 +498,7 @@ def interpretability_rows(
                 pixels = np.array(
                     image.convert("RGB").resize(size[::-1], Image.BICUBIC), dtype=np.uint8
                 )
-            x = (
-                torch.from_numpy(pixels).to(device).permute(2, 0, 1)[None].float() / 255 - mean
-            ) / std
+            x = models.transform.batch(torch.from_numpy(pixels)[None], device)
             with torch.no_grad():
                 patch_codes = sae.encode(encoder(x)[0]).cpu().numpy()
                 global_codes = sae.encode(model.visual(x)).cpu().numpy()
@@ -508,10 +519,8 @@ def interpretability_rows(
 
 def classification_vectors(
     pairs: Sequence[tuple[str, int]],
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
-    sae_path: str | Path,
+    models: FrozenModels,
+    sae: MatryoshkaBatchTopKSAE,
     device: torch.device,
     batch_size: int = 32,
 ) -> pa.Table:
@@ -521,11 +530,7 @@ def classification_vectors(
     CLIP image embedding (the linear-probe and zero-shot baselines)."""
     from insight.classification import pool_concepts
 
-    model, preprocess, _ = load_clip(spec, device)
-    transform = BatchTransform(preprocess)
-    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    encoder = DenseEncoder(model.visual, dinoiser, gamma).to(device).eval()
-    sae = load_sae(sae_path).to(device)
+    model, encoder, transform = models.model, models.encoder, models.transform
     refs = [ImageRef(path, path) for path, _ in pairs]
     label_of = {path: label for path, label in pairs}
     rows: dict[str, list] = {
@@ -575,6 +580,7 @@ def classification_results(
     train: pa.Table,
     test: pa.Table,
     class_names: list[str],
+    models: FrozenModels,
     spec: BackboneSpec,
     cfg: dict,
     cache_dir: str | Path,
@@ -619,12 +625,8 @@ def classification_results(
             }
         )
         log.info("%s %s: %s (sweep: %s)", name, method, rows[-1], trials)
-    model, _, tokenizer = load_clip(spec, device)
-    text = torch.from_numpy(
-        class_text_embeddings(
-            class_names, cached_text_encoder(model, tokenizer, spec, cache_dir, device).encode
-        )
-    )
+    text_encoder = cached_text_encoder(models.model, models.tokenizer, spec, cache_dir, device)
+    text = torch.from_numpy(class_text_embeddings(class_names, text_encoder.encode))
     zero_shot = torch.nn.functional.normalize(matrix(test, "clip"), dim=-1) @ text.T
     rows.append(
         {

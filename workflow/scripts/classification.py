@@ -7,8 +7,14 @@ from insight.classification import imagefolder
 from insight.images import DatasetLayoutError
 from insight.io import write_json, write_parquet
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, classification_results, classification_vectors
+from insight.pipeline import (
+    backbone_spec,
+    classification_results,
+    classification_vectors,
+    load_frozen,
+)
 from insight.runtime import resolve_device
+from insight.sae import load_sae
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -26,17 +32,18 @@ except (DatasetLayoutError, FileNotFoundError) as err:
         write_parquet(pa.table({"image_id": pa.array([], pa.string())}), path)
     write_json({"dataset": name, "status": "not run", "reason": str(err)}, snakemake.output.result)
 else:
+    models = load_frozen(spec, dinoiser, snakemake.params.gamma, device)  # once for both splits
+    sae = load_sae(snakemake.input.sae).to(device)
     tables = {}
     for split, pairs in (("train", train_pairs), ("test", test_pairs)):
-        tables[split] = classification_vectors(
-            pairs, spec, dinoiser, snakemake.params.gamma, snakemake.input.sae, device
-        )
+        tables[split] = classification_vectors(pairs, models, sae, device)
         write_parquet(tables[split], snakemake.output[split])
     rows, explanations = classification_results(
         name,
         tables["train"],
         tables["test"],
         classes,
+        models,
         spec,
         cfg,
         snakemake.params.cache,
