@@ -17,6 +17,7 @@ from PIL import Image
 
 from insight.demo import voc_palette
 from insight.features import BatchTransform, DenseEncoder
+from insight.heatmaps import concept_label
 from insight.io import atomic_path
 from insight.sae import MatryoshkaBatchTopKSAE
 from insight.segmentation import resize_to_protocol
@@ -95,7 +96,7 @@ def explanation_figure(
     axes[1].set_title(f"segments (label: {explanation['label']})")
     for axis in axes[:2]:
         axis.axis("off")
-    labels = [names.get(c) or f"concept {c}" for c in explanation["concepts"]]
+    labels = [concept_label(c, names.get(c)) for c in explanation["concepts"]]
     axes[2].barh(range(len(labels))[::-1], explanation["contributions"], color="#2b8a3e")
     axes[2].set_yticks(range(len(labels))[::-1], labels)
     axes[2].set_xlabel("activation x cos(decoder, label text)")

@@ -655,3 +655,37 @@ def classification_results(
         ]
         explanations[test["image_id"][i].as_py()] = result
     return rows, explanations
+
+
+def classification_heatmaps(
+    explanations: dict,
+    models: FrozenModels,
+    sae: MatryoshkaBatchTopKSAE,
+    device: torch.device,
+    folder: str | Path,
+) -> None:
+    """For each explained image (keyed by path): ``{folder}/{i:03d}.png`` with the image and
+    the heatmaps of its top concepts (the BatchTopK codes the probe saw), titled with the
+    concept's name, pooling and share of the logit; the file name goes in ``figure``."""
+    from insight.heatmaps import concept_label, heatmap_figure, image_codes
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for i, (path, result) in enumerate(explanations.items()):
+        with Image.open(path) as image:
+            crop, _, codes, grid = image_codes(
+                image, models.encoder, models.transform, sae, device, batch_topk=True
+            )
+        panels = [
+            (
+                f"{concept_label(item['concept'], item['name'])} ({item['pool']}) {share:.0%}",
+                codes[:, item["concept"]].reshape(grid).cpu().numpy(),
+            )
+            for item, share in zip(result["concepts"], result["shares"], strict=True)
+        ]
+        result["figure"] = f"{i:03d}.png"
+        heatmap_figure(
+            crop,
+            panels,
+            Path(folder) / result["figure"],
+            f"predicted '{result['class']}' (logit {result['logit']:.2f})",
+        )

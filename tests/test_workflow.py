@@ -5,6 +5,7 @@ import time
 
 import duckdb
 import pytest
+from PIL import Image
 from workflow_utils import copy_checkout, planned_jobs, snakemake
 
 DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
@@ -264,3 +265,6 @@ def test_demo_classification_table(demo_run):
         for share, contribution in zip(explanation["shares"], contributions, strict=True):
             assert share == pytest.approx(contribution / explanation["logit"])
         assert explanation["class"] in result["classes"]
+        figure = demo_run / "results/classification/shapes/explanations" / explanation["figure"]
+        with Image.open(figure) as png:  # image + one heatmap per top concept
+            assert png.format == "PNG" and png.width > 5 * png.height

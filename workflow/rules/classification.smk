@@ -9,6 +9,7 @@ rule classification:
         result="results/classification/{cdataset}.json",
         train="results/classification/{cdataset}/train.parquet",
         test="results/classification/{cdataset}/test.parquet",
+        figures=directory("results/classification/{cdataset}/explanations"),
     log:
         "logs/classification/{cdataset}.log",
     wildcard_constraints:

@@ -1,5 +1,7 @@
 """Rule classification: image-level vectors, the probes, zero-shot, explanations."""
 
+from pathlib import Path
+
 import pyarrow as pa
 import torch
 
@@ -9,6 +11,7 @@ from insight.io import write_json, write_parquet
 from insight.logs import setup_logging
 from insight.pipeline import (
     backbone_spec,
+    classification_heatmaps,
     classification_results,
     classification_vectors,
     load_frozen,
@@ -30,6 +33,7 @@ except (DatasetLayoutError, FileNotFoundError) as err:
     log.warning("%s not run: %s", name, err)
     for path in (snakemake.output.train, snakemake.output.test):
         write_parquet(pa.table({"image_id": pa.array([], pa.string())}), path)
+    Path(snakemake.output.figures).mkdir(parents=True, exist_ok=True)
     write_json({"dataset": name, "status": "not run", "reason": str(err)}, snakemake.output.result)
 else:
     models = load_frozen(spec, dinoiser, snakemake.params.gamma, device)  # once for both splits
@@ -50,6 +54,7 @@ else:
         device,
         snakemake.input.names,
     )
+    classification_heatmaps(explanations, models, sae, device, snakemake.output.figures)
     write_json(
         {"dataset": name, "classes": classes, "rows": rows, "explanations": explanations},
         snakemake.output.result,
