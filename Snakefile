@@ -12,6 +12,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/features.smk"
@@ -21,6 +24,7 @@ include: "workflow/rules/naming.smk"
 include: "workflow/rules/ovs.smk"
 include: "workflow/rules/interpretability.smk"
 include: "workflow/rules/classification.smk"
+include: "workflow/rules/views.smk"
 
 
 rule all:

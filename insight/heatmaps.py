@@ -83,22 +83,32 @@ def heatmap_figure(
     panels: Sequence[tuple[str, np.ndarray]],
     path: str | Path,
     title: str | None = None,
+    captions: Sequence[str] | None = None,
 ) -> None:
-    """The image followed by one titled overlay per concept, saved atomically as PNG."""
+    """The image followed by one titled overlay per concept (with an optional caption
+    under each, e.g. its parents and children), saved atomically as PNG."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     count = len(panels) + 1
-    figure, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.0), squeeze=False)
+    height = 3.0 + (0.6 if captions else 0.0)
+    figure, axes = plt.subplots(1, count, figsize=(2.6 * count, height), squeeze=False)
     axes[0, 0].imshow(crop)
     axes[0, 0].set_title("image", fontsize=9)
-    for axis, (label, heat) in zip(axes[0, 1:], panels, strict=True):
+    for i, (axis, (label, heat)) in enumerate(zip(axes[0, 1:], panels, strict=True)):
         axis.imshow(overlay(crop, heat))
         axis.set_title(label, fontsize=9)
+        if captions:
+            axis.set_xlabel(textwrap.fill(captions[i], 34), fontsize=7)
     for axis in axes[0]:
-        axis.axis("off")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()

@@ -271,6 +271,16 @@ def totals_table(partial: CooccurrencePartial) -> pa.Table:
     )
 
 
+def family_graph(families: pa.Table | None) -> nx.DiGraph:
+    """The family DAG (parent -> child) from ``families.parquet``."""
+    graph = nx.DiGraph()
+    if families is not None:
+        graph.add_edges_from(
+            zip(families["parent"].to_pylist(), families["child"].to_pylist(), strict=True)
+        )
+    return graph
+
+
 def family_dag(
     cooccurrence: pa.Table, totals: pa.Table, threshold: float = 0.75
 ) -> tuple[nx.DiGraph, dict]:

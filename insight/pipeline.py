@@ -689,3 +689,102 @@ def classification_heatmaps(
             Path(folder) / result["figure"],
             f"predicted '{result['class']}' (logit {result['logit']:.2f})",
         )
+
+
+class RunNotFoundError(FileNotFoundError):
+    """A trained run's file is missing: the workflow has not been run far enough."""
+
+
+def explain_image_file(
+    image_path: str | Path,
+    cfg: dict,
+    results: str | Path = "results",
+    out: str | Path = "explanations",
+    label: str | None = None,
+    top: int = 5,
+) -> tuple[dict, Path, Path]:
+    """``insight explain``: one image through the trained run (backbone, DINOiser, SAE,
+    names, families); writes ``{out}/{stem}.png`` (Fig. 4) and ``{stem}.json``. Without a
+    label, the vocabulary term with the highest explained score is explained."""
+    from insight.explain import best_row, explain_label, explanation_png
+    from insight.heatmaps import image_codes
+    from insight.hierarchy import family_graph
+    from insight.runtime import resolve_device
+
+    results = Path(results)
+    needed = {"sae": results / "models/sae.safetensors", "names": results / "naming/names.parquet"}
+    if cfg["dinoiser"]["enabled"]:
+        needed["dinoiser"] = results / "models/dinoiser.safetensors"
+    if label is None:
+        needed["vocabulary"] = results / "vocabulary/embeddings.parquet"
+    for what, path in needed.items():
+        if not path.exists():
+            raise RunNotFoundError(
+                f"{path} ({what}) is missing: run the workflow first, e.g. "
+                f"`snakemake --cores all {path}` with the same config"
+            )
+    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
+    models = load_frozen(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"], device)
+    sae = load_sae(needed["sae"]).to(device)
+    with Image.open(image_path) as image:
+        crop, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
+    names_table = pq.read_table(needed["names"], columns=["concept", "name"])
+    names = dict(zip(*(names_table[c].to_pylist() for c in ("concept", "name")), strict=True))
+    families = results / "hierarchy/families.parquet"
+    graph = family_graph(pq.read_table(families) if families.exists() else None)
+    if label is None:
+        vocabulary = pq.read_table(needed["vocabulary"], columns=["term", "embedding"])
+        embeddings = np.stack(vocabulary["embedding"].to_numpy(zero_copy_only=False))
+        row = best_row(codes, sae, embeddings.astype(np.float32))
+        label = vocabulary["term"][row].as_py()
+        text = torch.from_numpy(embeddings[row].astype(np.float32))
+    else:
+        encoder = cached_text_encoder(
+            models.model, models.tokenizer, spec, results / "vocabulary/cache", device
+        )
+        text = torch.from_numpy(class_text_embeddings([label], encoder.encode)[0])
+    explanation = explain_label(codes, sae, label, text.to(device), names, graph, top)
+    explanation["image"] = str(image_path)
+    out = Path(out)
+    stem = Path(image_path).stem
+    png, json_path = out / f"{stem}.png", out / f"{stem}.json"
+    explanation_png(crop, codes, grid, explanation, png)
+    write_json(explanation, json_path)
+    return explanation, png, json_path
+
+
+def build_browser(
+    names_path: str | Path,
+    families_path: str | Path | None,
+    concept_files: Sequence[str | Path],
+    index_path: str | Path | None,
+    spec: BackboneSpec,
+    cfg: dict,
+    cache: str | Path,
+    out: str | Path,
+) -> dict:
+    """The concept browser (``insight.browser``) from the names, the families, the concept
+    shards of one dataset and, when it has images, their index (for the thumbnails)."""
+    from insight.browser import concept_infos, render_thumbnails, top_activations, write_browser
+    from insight.features import shard_grid
+
+    names = pq.read_table(names_path)
+    families = pq.read_table(families_path) if families_path else None
+    infos = concept_infos(names, families)
+    top = top_activations(concept_files, cfg["images_per_concept"])
+    thumbnails = {}
+    if index_path and concept_files:
+        index = pq.read_table(index_path).to_pylist()
+        refs = {r["image_id"]: ImageRef(r["image_id"], r["path"], r["member"]) for r in index}
+        _, preprocess, _ = load_clip(spec)
+        transform = BatchTransform(preprocess)
+        thumbnails = render_thumbnails(
+            top,
+            refs,
+            transform.pil,
+            shard_grid(concept_files[0]),
+            cache,
+            cfg["thumbnail_size"],
+        )
+    write_browser(infos, top, thumbnails, families, out)
+    return {"concepts": len(infos), "images": top.num_rows, "thumbnails": len(thumbnails)}

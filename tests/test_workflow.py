@@ -1,6 +1,7 @@
 """End to end: the demo config through every stage that exists, in a scratch copy."""
 
 import json
+import os
 import time
 
 import duckdb
@@ -68,6 +69,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "interpretability": 1,
         "classification": 3,
         "classification_table": 1,
+        "browser": 1,
         "all": 1,
     }
 
@@ -268,3 +270,88 @@ def test_demo_classification_table(demo_run):
         figure = demo_run / "results/classification/shapes/explanations" / explanation["figure"]
         with Image.open(figure) as png:  # image + one heatmap per top concept
             assert png.format == "PNG" and png.width > 5 * png.height
+
+
+@pytest.mark.slow
+def test_insight_explain_writes_png_and_json_whose_shares_sum_to_one(demo_run):
+    import subprocess
+    import sys
+
+    image = demo_run / "results/demo/images/jpeg/scene_00001.jpg"
+    for label in ([], ["--label", "red circle"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "insight.cli", "explain", str(image), *label]
+            + ["--configfile", "config/demo.yaml", "--out", "explained"],
+            cwd=demo_run,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+        )
+        assert result.returncode == 0, result.stderr
+        explanation = json.loads((demo_run / "explained/scene_00001.json").read_text())
+        items = [*explanation["concepts"], explanation["other_concepts"], explanation["bias"]]
+        assert sum(item["contribution"] for item in items) == pytest.approx(explanation["score"])
+        assert sum(item["share"] for item in items) == pytest.approx(1.0)
+        assert label == [] or explanation["label"] == "red circle"
+        with Image.open(demo_run / "explained/scene_00001.png") as png:
+            assert png.format == "PNG"
+
+
+@pytest.mark.slow
+def test_insight_explain_without_a_run_says_what_to_run(tmp_path):
+    import subprocess
+    import sys
+
+    copy_checkout(tmp_path)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (64, 64)).save(image)
+    result = subprocess.run(
+        [sys.executable, "-m", "insight.cli", "explain", str(image), "--configfile"]
+        + ["config/demo.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert (
+        "results/models/sae.safetensors (sae) is missing: run the workflow first" in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_demo_builds_the_browser_and_the_report(demo_run):
+    pages = list((demo_run / "results/browser/concepts").glob("*.html"))
+    index = (demo_run / "results/browser/index.html").read_text()
+    assert len(pages) == 256 and index.count("<tr data-search=") == 256
+    assert list((demo_run / "results/browser/assets/thumbs").glob("*.jpg"))
+    snakemake(demo_run, "--report", "report.html", "--configfile", "config/demo.yaml")
+    report = (demo_run / "report.html").read_text()
+    for expected in (
+        "ovs_table.csv",
+        "classification_table.csv",
+        "interpretability_table.csv",
+        "Open-vocabulary segmentation, mIoU",
+        "Why the INSIGHT probe predicts a class",
+    ):
+        assert expected in report
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_demo_browser_in_headless_chromium(demo_run, chromium, tmp_path):
+    page, errors = chromium
+    page.goto((demo_run / "results/browser/index.html").as_uri())
+    rows = page.locator("#concepts tbody tr:visible")
+    assert rows.count() == 256
+    first_name = page.locator("#concepts tbody tr td:nth-child(2)").first.inner_text()
+    page.fill("#search", first_name)
+    assert 1 <= rows.count() < 256
+    page.screenshot(path=str(tmp_path / "index.png"))
+    page.locator("#concepts tbody tr:visible a").first.click()
+    page.wait_for_load_state("load")
+    widths = page.eval_on_selector_all(".images img", "images => images.map(i => i.naturalWidth)")
+    assert widths and all(width > 0 for width in widths)
+    page.screenshot(path=str(tmp_path / "concept.png"), full_page=True)
+    assert (tmp_path / "concept.png").stat().st_size > 0
+    assert errors == []

@@ -9,7 +9,13 @@ rule classification:
         result="results/classification/{cdataset}.json",
         train="results/classification/{cdataset}/train.parquet",
         test="results/classification/{cdataset}/test.parquet",
-        figures=directory("results/classification/{cdataset}/explanations"),
+        figures=report(
+            directory("results/classification/{cdataset}/explanations"),
+            patterns=["{name}.png"],
+            caption="../report/classification_explanations.rst",
+            category="Explanations",
+            subcategory="classification: {cdataset}",
+        ),
     log:
         "logs/classification/{cdataset}.log",
     wildcard_constraints:
@@ -39,7 +45,12 @@ rule classification_table:
             cdataset=list(config["classification"]["datasets"]),
         ),
     output:
-        "results/classification_table.csv",
+        report(
+            "results/classification_table.csv",
+            caption="../report/classification_table.rst",
+            category="Benchmarks",
+            labels={"table": "classification (App. B.5)"},
+        ),
     log:
         "logs/classification_table.log",
     conda:

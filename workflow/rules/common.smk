@@ -114,6 +114,18 @@ def partial_groups():
     return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
+def browser_dataset():
+    return config["browser"]["dataset"] or hierarchy_dataset()
+
+
+def browser_image_index(wildcards=None):
+    """The browser dataset's image index, when it has images (for the thumbnails)."""
+    name = browser_dataset()
+    if "source" not in dataset_config(name):
+        return []
+    return [f"results/images/{name}/index.parquet"]
+
+
 def user_embeddings(wildcards=None):
     """A precomputed (term, embedding) table, when `vocabulary.embeddings` names one."""
     path = config["vocabulary"]["embeddings"]
@@ -168,4 +180,6 @@ def all_targets():
         targets.append("results/interpretability_table.csv")
     if config["classification"]["datasets"]:
         targets.append("results/classification_table.csv")
+    if config["browser"]["enabled"]:
+        targets.append("results/browser")
     return targets

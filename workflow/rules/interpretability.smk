@@ -5,7 +5,12 @@ rule interpretability:
         dinoiser=dinoiser_weights,
         roots=interpretability_roots,
     output:
-        "results/interpretability_table.csv",
+        report(
+            "results/interpretability_table.csv",
+            caption="../report/interpretability_table.rst",
+            category="Benchmarks",
+            labels={"table": "interpretability (App. A.1)"},
+        ),
     log:
         "logs/interpretability.log",
     conda:

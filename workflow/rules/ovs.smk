@@ -9,7 +9,13 @@ rule ovs:
         ),
     output:
         result="results/ovs/{benchmark}.json",
-        figures=directory("results/ovs/{benchmark}"),
+        figures=report(
+            directory("results/ovs/{benchmark}"),
+            patterns=["explain/{name}.png"],
+            caption="../report/ovs_explanations.rst",
+            category="Explanations",
+            subcategory="segmentation: {benchmark}",
+        ),
     log:
         "logs/ovs/{benchmark}.log",
     conda:
@@ -37,7 +43,12 @@ rule ovs_table:
             "results/ovs/{benchmark}.json", benchmark=list(config["ovs"]["datasets"])
         ),
     output:
-        csv="results/ovs_table.csv",
+        csv=report(
+            "results/ovs_table.csv",
+            caption="../report/ovs_table.rst",
+            category="Benchmarks",
+            labels={"table": "open-vocabulary segmentation (mIoU)"},
+        ),
         markdown="results/ovs_table.md",
     log:
         "logs/ovs_table.log",
