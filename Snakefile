@@ -24,6 +24,7 @@ include: "workflow/rules/naming.smk"
 include: "workflow/rules/ovs.smk"
 include: "workflow/rules/interpretability.smk"
 include: "workflow/rules/classification.smk"
+include: "workflow/rules/captioning.smk"
 include: "workflow/rules/views.smk"
 
 

@@ -1,6 +1,7 @@
 """The ``insight`` command: look at a trained run from the shell.
 
     insight explain IMAGE [--label TEXT] [--configfile config/demo.yaml]
+    insight caption IMAGE [--scale NAME=FACTOR ...] [--family] [--configfile ...]
 
 Run it in the workflow's directory: the config is ``config.yaml`` updated by each
 ``--configfile`` (as Snakemake does), validated against the workflow's schema, and the
@@ -57,6 +58,30 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def scale_request(text: str) -> tuple[str, float]:
+    """``NAME=FACTOR`` -> ``(name, factor)``."""
+    name, sep, factor = text.rpartition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not sep or not name or value is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=FACTOR, e.g. zebra=0, got {text!r}")
+    return name, value
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from insight.pipeline import caption_image_file
+
+    config = load_config(args.configfile)
+    result = caption_image_file(args.image, config, args.results, args.scale, args.family)
+    print(f"caption:          {result['caption']}")
+    if result["steered_caption"] is not None:
+        scaled = ", ".join(f"{c} x{f:g}" for c, f in result["scaled_concepts"].items())
+        print(f"steered caption:  {result['steered_caption']}   (concepts {scaled})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="insight", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
@@ -68,6 +93,20 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, default=Path("results/explain"))
     explain.add_argument("--top", type=int, default=5, help="concepts shown")
     explain.set_defaults(run=_explain)
+    caption = commands.add_parser("caption", help="caption one image, before and after steering")
+    caption.add_argument("image", type=Path)
+    caption.add_argument(
+        "--scale",
+        type=scale_request,
+        nargs="*",
+        default=[],
+        metavar="NAME=FACTOR",
+        help="scale the concepts with this name (0 removes them)",
+    )
+    caption.add_argument("--family", action="store_true", help="scale their descendants too")
+    caption.add_argument("--configfile", nargs="*", default=[], help="config overrides, in order")
+    caption.add_argument("--results", type=Path, default=Path("results"))
+    caption.set_defaults(run=_caption)
     return top
 
 
@@ -76,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (FileNotFoundError, KeyError) as err:
-        print(f"insight {args.command}: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"insight {args.command}: {message}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ of each kind the extraction stage must reject.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ BACKGROUNDS = {
 
 def draw_scene(
     rng: np.random.Generator, size: tuple[int, int] = (320, 240)
-) -> tuple[Image.Image, list[dict]]:
-    """One scene: a noisy background and 1-3 shapes; returns the image and its objects."""
+) -> tuple[Image.Image, list[dict], str]:
+    """One scene: a noisy background and 1-3 shapes; returns the image, its objects and
+    the background's name."""
     width, height = size
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     base = np.array(BACKGROUNDS[background], dtype=np.float32)
@@ -60,7 +62,7 @@ def draw_scene(
                 fill=fill,
             )
         objects.append({"shape": shape, "colour": colour, "box": box})
-    return image, objects
+    return image, objects, background
 
 
 def make_scene_images(
@@ -71,7 +73,7 @@ def make_scene_images(
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
-        image, _ = draw_scene(rng, size)
+        image, _, _ = draw_scene(rng, size)
         folder = out / ("jpeg" if i % 4 else "png")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"scene_{i:05d}.{'jpg' if i % 4 else 'png'}"
@@ -151,7 +153,7 @@ def make_voc_dataset(
     (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     ids = []
     for i in range(count):
-        image, objects = draw_scene(rng, size)
+        image, objects, _ = draw_scene(rng, size)
         label = Image.new("L", size, 0)
         draw = ImageDraw.Draw(label)
         for obj in objects:
@@ -186,7 +188,7 @@ def make_part_dataset(
     (root / "images" / "test").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / "test").mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        image, objects = draw_scene(rng, size)
+        image, objects, _ = draw_scene(rng, size)
         labels = np.full((size[1], size[0]), 40, dtype=np.uint8)
         for obj in objects:
             mask = Image.new("L", size, 0)
@@ -236,3 +238,76 @@ def make_imagefolder(
                 else:
                     draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
                 image.save(folder / f"{shape}_{i:04d}.jpg", quality=90)
+
+
+def scene_caption(objects: list[dict], background: str) -> str:
+    """``a red circle and a blue square on grass``."""
+    things = [f"a {o['colour']} {o['shape']}" for o in objects]
+    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
+    return f"{listed} on {background}"
+
+
+def make_caption_dataset(
+    root: str | Path,
+    counts: dict[str, int],
+    seed: int = 5,
+    size: tuple[int, int] = (256, 224),
+    language_model: dict | None = None,
+) -> Path:
+    """COCO captions in the Karpathy layout: ``root/{train,val}2014/*.jpg`` and
+    ``root/dataset_coco.json`` (``images``: ``filepath``, ``filename``, ``split``,
+    ``cocoid``, ``sentences`` with ``raw``), two captions per image (the second with the
+    objects listed in reverse). With ``language_model`` (GPT-2 config keys), also a tiny
+    randomly initialised GPT-2 and a word-level tokenizer trained on the captions, saved
+    with ``save_pretrained`` in ``root/gpt2`` so it loads like any local model."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for split, count in counts.items():
+        folder = "train2014" if split == "train" else "val2014"
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            cocoid = len(images)
+            image, objects, background = draw_scene(rng, size)
+            filename = f"COCO_{folder}_{cocoid:012d}.jpg"
+            image.save(root / folder / filename, quality=90)
+            sentences = [
+                scene_caption(objects, background),
+                scene_caption(objects[::-1], background),
+            ]
+            captions += sentences
+            images.append(
+                {
+                    "filepath": folder,
+                    "filename": filename,
+                    "split": split,
+                    "cocoid": cocoid,
+                    "sentences": [{"raw": s, "tokens": s.split()} for s in sentences],
+                }
+            )
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+    if language_model is not None:
+        save_tiny_gpt2(root / "gpt2", captions, language_model)
+    return root / "dataset_coco.json"
+
+
+def save_tiny_gpt2(folder: str | Path, texts: list[str], config: dict, seed: int = 0) -> None:
+    """A randomly initialised GPT-2 of the given config and a word-level tokenizer trained on
+    ``texts`` (with ``<|endoftext|>`` as BOS/EOS/PAD), both via ``save_pretrained``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    end = "<|endoftext|>"
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[end, "<unk>"]))
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=end, eos_token=end, pad_token=end, unk_token="<unk>"
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(wrapped), bos_token_id=0, eos_token_id=0, **config)
+    )
+    model.save_pretrained(folder)
+    wrapped.save_pretrained(folder)

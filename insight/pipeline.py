@@ -788,3 +788,170 @@ def build_browser(
         )
     write_browser(infos, top, thumbnails, families, out)
     return {"concepts": len(infos), "images": top.num_rows, "thumbnails": len(thumbnails)}
+
+
+CAPTION_SPLITS = ("train", "val", "test")
+
+
+def caption_tokens(
+    split_file: str | Path,
+    images_root: str | Path,
+    cfg: dict,
+    models: FrozenModels,
+    sae: MatryoshkaBatchTopKSAE,
+    device: torch.device,
+    batch_size: int = 32,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Pooled 8x8 tokens of every Karpathy split, cached once for both captioners:
+    ``{split}/clip`` (the DINOised backbone tokens) and ``{split}/insight`` (their SAE
+    reconstruction from the thresholded codes), each ``(n, 64, d)``; and per split the image
+    ids and reference captions, in the same order. Unreadable images are skipped."""
+    from insight.captioning import karpathy_split, pool_tokens
+
+    tensors, captions = {}, {}
+    for split in CAPTION_SPLITS:
+        rows = karpathy_split(split_file, images_root, split, cfg["images"][split])
+        refs = [ImageRef(image_id, path) for image_id, path, _ in rows]
+        references = {image_id: sentences for image_id, _, sentences in rows}
+        pooled: dict[str, list[torch.Tensor]] = {"clip": [], "insight": []}
+        ids: list[str] = []
+        bar = progress(len(refs), f"caption tokens ({split})", "img")
+        with torch.no_grad():
+            for good, pixels, bad in decoded_batches(refs, models.transform, batch_size):
+                if bad:
+                    log.warning("%s: skipped %d unreadable images: %s", split, len(bad), bad[:3])
+                if pixels is not None:
+                    x = models.transform.batch(pixels, device)
+                    features = models.encoder(x)
+                    patch = models.encoder.visual.patch_size
+                    grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
+                    reconstruction = sae.decode(sae.encode(features.flatten(0, 1)))
+                    pooled["clip"].append(pool_tokens(features, grid).cpu())
+                    pooled["insight"].append(
+                        pool_tokens(reconstruction.view_as(features), grid).cpu()
+                    )
+                    ids += [ref.image_id for ref in good]
+                bar.update(len(good) + len(bad))
+        bar.close()
+        if not ids:
+            raise ValueError(f"captioning: no readable images in the {split} split of {split_file}")
+        for method, chunks in pooled.items():
+            tensors[f"{split}/{method}"] = torch.cat(chunks)
+        captions[split] = {"image_ids": ids, "captions": [references[i] for i in ids]}
+    return tensors, captions
+
+
+def build_captioner(language_model: str, d_in: int, cfg: dict):
+    """A fresh adapter in front of the configured GPT-2 (name or local folder)."""
+    from insight.captioning import Captioner, PrefixAdapter, load_language_model
+
+    lm, tokenizer = load_language_model(language_model)
+    adapter = PrefixAdapter(
+        d_in,
+        lm.config.n_embd,
+        queries=cfg["queries"],
+        layers=cfg["adapter_layers"],
+        heads=cfg["adapter_heads"],
+    )
+    return Captioner(adapter, lm), tokenizer
+
+
+def train_captioning_method(
+    tokens_path: str | Path,
+    captions_path: str | Path,
+    method: str,
+    cfg: dict,
+    device: torch.device,
+    out: str | Path,
+) -> dict:
+    """Train one captioner (``insight`` or ``clip`` tokens) on train, choose the epoch on
+    val, caption test and score it; saves the adapter and the fine-tuned GPT-2 to ``out``."""
+    from insight.captioning import caption_metrics, generate_captions, train_captioner
+    from insight.io import atomic_dir, load_safetensors, read_json, save_safetensors
+
+    tensors, _ = load_safetensors(tokens_path)
+    captions = read_json(captions_path)
+    torch.manual_seed(cfg["seed"])
+    captioner, tokenizer = build_captioner(
+        cfg["language_model"], tensors[f"train/{method}"].shape[-1], cfg
+    )
+    captioner, history = train_captioner(
+        captioner,
+        tensors[f"train/{method}"],
+        captions["train"]["captions"],
+        tensors[f"val/{method}"],
+        captions["val"]["captions"],
+        tokenizer,
+        cfg,
+        device,
+    )
+    test = captions["test"]
+    predicted = generate_captions(captioner, tensors[f"test/{method}"], tokenizer, cfg, device)
+    predictions = dict(zip(test["image_ids"], predicted, strict=True))
+    references = dict(zip(test["image_ids"], test["captions"], strict=True))
+    metrics = caption_metrics(references, predictions)
+    with atomic_dir(out) as tmp:
+        save_safetensors(captioner.adapter.state_dict(), tmp / "adapter.safetensors")
+        captioner.language_model.save_pretrained(tmp / "language_model")
+        tokenizer.save_pretrained(tmp / "language_model")
+        write_json({"d_in": tensors[f"train/{method}"].shape[-1], **cfg}, tmp / "adapter.json")
+    examples = [{"image_id": i, "caption": predictions[i]} for i in test["image_ids"][:10]]
+    return {"method": method, **metrics, "history": history, "examples": examples}
+
+
+def caption_image_file(
+    image_path: str | Path,
+    cfg: dict,
+    results: str | Path = "results",
+    requests: Sequence[tuple[str, float]] = (),
+    with_family: bool = False,
+) -> dict:
+    """``insight caption``: the INSIGHT captioner's caption of one image, and with
+    ``requests`` ((name, factor) pairs) the caption after scaling those concepts."""
+    from insight.captioning import pool_tokens
+    from insight.heatmaps import image_codes
+    from insight.io import load_safetensors, read_json
+    from insight.runtime import resolve_device
+    from insight.steering import scale_concepts, scales_by_name
+
+    results = Path(results)
+    folder = results / "models/captioner/insight"
+    needed = [results / "models/sae.safetensors", results / "naming/names.parquet", folder]
+    if cfg["dinoiser"]["enabled"]:
+        needed.append(results / "models/dinoiser.safetensors")
+    for path in needed:
+        if not path.exists():
+            raise RunNotFoundError(
+                f"{path} is missing: run the workflow first, e.g. "
+                f"`snakemake --cores all results/captioning_table.csv` with the same config"
+            )
+    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
+    dinoiser = needed[3] if cfg["dinoiser"]["enabled"] else None
+    models = load_frozen(spec, dinoiser, cfg["dinoiser"]["gamma"], device)
+    sae = load_sae(needed[0]).to(device)
+    names = pq.read_table(needed[1], columns=["concept", "name"])
+    families = results / "hierarchy/families.parquet"
+    scales = scales_by_name(
+        names, requests, pq.read_table(families) if families.exists() else None, with_family
+    )
+    settings = read_json(folder / "adapter.json")
+    captioner, tokenizer = build_captioner(
+        str(folder / "language_model"), settings["d_in"], settings
+    )
+    captioner.adapter.load_state_dict(load_safetensors(folder / "adapter.safetensors")[0])
+    captioner.to(device).eval()
+    with Image.open(image_path) as image:
+        _, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
+
+    def caption(concept_codes: torch.Tensor) -> str:
+        tokens = pool_tokens(sae.decode(concept_codes)[None], grid)
+        return captioner.generate(tokens, tokenizer, settings["max_new_tokens"])[0]
+
+    steered = scale_concepts(codes, scales)
+    return {
+        "image": str(image_path),
+        "caption": caption(codes),
+        "steered_caption": caption(steered) if scales else None,
+        "scaled_concepts": {str(c): f for c, f in sorted(scales.items())},
+        "scaled_activation": float(codes[:, list(scales)].sum()) if scales else 0.0,
+    }

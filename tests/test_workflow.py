@@ -69,6 +69,9 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "interpretability": 1,
         "classification": 3,
         "classification_table": 1,
+        "caption_tokens": 1,
+        "train_captioner": 2,
+        "captioning_table": 1,
         "browser": 1,
         "all": 1,
     }
@@ -355,3 +358,34 @@ def test_demo_browser_in_headless_chromium(demo_run, chromium, tmp_path):
     page.screenshot(path=str(tmp_path / "concept.png"), full_page=True)
     assert (tmp_path / "concept.png").stat().st_size > 0
     assert errors == []
+
+
+@pytest.mark.slow
+def test_demo_captioning_table_and_steering(demo_run):
+    import csv
+    import subprocess
+    import sys
+
+    with open(demo_run / "results/captioning_table.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"insight", "clip"}
+    for row in rows.values():
+        assert 0 <= float(row["bleu4"]) <= 1 and float(row["cider"]) >= 0
+        assert 0 <= float(row["meteor"]) <= 1
+    result = json.loads((demo_run / "results/captioning/insight.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    names = duckdb.sql(
+        f"select name from '{demo_run}/results/naming/names.parquet' "
+        "where name is not null order by frequency desc limit 1"
+    ).fetchall()[0][0]
+    image = next((demo_run / "results/demo/captions/val2014").glob("*.jpg"))
+    steered = subprocess.run(
+        [sys.executable, "-m", "insight.cli", "caption", str(image), "--scale", f"{names}=0"]
+        + ["--configfile", "config/demo.yaml"],
+        cwd=demo_run,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+    )
+    assert steered.returncode == 0, steered.stderr
+    assert "caption:" in steered.stdout and "steered caption:" in steered.stdout

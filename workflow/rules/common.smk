@@ -15,6 +15,7 @@ DEMO_IMAGES = "results/demo/images"
 DEMO_VOC = "results/demo/voc/VOC2012"
 DEMO_PARTS = "results/demo/parts"
 DEMO_IMAGEFOLDER = "results/demo/imagefolder"
+DEMO_CAPTIONS = "results/demo/captions"
 ENV = "../../envs/insight.yaml"
 SOURCE_LAYOUTS = {
     "folder": "a folder of image files (recursive)",
@@ -151,6 +152,27 @@ def classification_root(wildcards):
     return [root] if root == DEMO_IMAGEFOLDER or Path(root).exists() else []
 
 
+def captioning_data(wildcards=None):
+    """The Karpathy split file and the images (the demo's folder, which the workflow
+    makes, or a COCO root that must exist); a missing one says what to download."""
+    cfg = config["captioning"]
+    paths = [cfg["split_file"], cfg["images_root"]]
+    if None in paths:
+        raise WorkflowError(
+            "captioning needs captioning.split_file (Karpathy's dataset_coco.json) and "
+            "captioning.images_root (the COCO folder with train2014/ and val2014/)"
+        )
+    if all(Path(p).is_relative_to(DEMO_CAPTIONS) for p in paths):
+        return [DEMO_CAPTIONS]
+    for path in paths:
+        if not Path(path).exists():
+            raise WorkflowError(
+                f"captioning: {path} does not exist. Download the Karpathy splits "
+                "(dataset_coco.json) and COCO 2014 train/val images."
+            )
+    return paths
+
+
 def rejected_tables(dataset):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
@@ -180,6 +202,8 @@ def all_targets():
         targets.append("results/interpretability_table.csv")
     if config["classification"]["datasets"]:
         targets.append("results/classification_table.csv")
+    if config["captioning"]["split_file"]:
+        targets.append("results/captioning_table.csv")
     if config["browser"]["enabled"]:
         targets.append("results/browser")
     return targets

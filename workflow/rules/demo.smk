@@ -61,3 +61,20 @@ rule demo_imagefolder:
         code=code_version("insight.demo"),
     script:
         "../scripts/demo_imagefolder.py"
+
+
+rule demo_captions:
+    """Generate captioned scenes in the COCO Karpathy layout and a tiny random GPT-2."""
+    output:
+        directory(DEMO_CAPTIONS),
+    log:
+        "logs/demo_captions.log",
+    conda:
+        ENV
+    params:
+        counts=config["demo"]["caption_images"],
+        language_model=config["demo"]["language_model"],
+        seed=config["demo"]["seed"] + 5,
+        code=code_version("insight.demo"),
+    script:
+        "../scripts/demo_captions.py"

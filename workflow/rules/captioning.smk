@@ -1,0 +1,69 @@
+rule caption_tokens:
+    """Pooled 8x8 tokens of every Karpathy split: backbone and SAE reconstruction (B.6)."""
+    input:
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        data=captioning_data,
+    output:
+        tokens="results/captioning/tokens.safetensors",
+        captions="results/captioning/captions.json",
+    log:
+        "logs/caption_tokens.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        cfg=config["captioning"],
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/caption_tokens.py"
+
+
+rule train_captioner:
+    """Adapter + GPT-2 on one kind of tokens (insight or the opaque clip baseline)."""
+    input:
+        tokens="results/captioning/tokens.safetensors",
+        captions="results/captioning/captions.json",
+        data=captioning_data,
+    output:
+        result="results/captioning/{method}.json",
+        model=directory("results/models/captioner/{method}"),
+    log:
+        "logs/train_captioner/{method}.log",
+    wildcard_constraints:
+        method="insight|clip",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        cfg=config["captioning"],
+        device=config["device"],
+        code=code_version("insight.pipeline"),
+    script:
+        "../scripts/train_captioner.py"
+
+
+rule captioning_table:
+    """results/captioning_table.csv: BLEU-4, CIDEr, METEOR per method (Fig. 6 top)."""
+    input:
+        expand("results/captioning/{method}.json", method=["insight", "clip"]),
+    output:
+        report(
+            "results/captioning_table.csv",
+            caption="../report/captioning_table.rst",
+            category="Benchmarks",
+            labels={"table": "captioning (App. B.6)"},
+        ),
+    log:
+        "logs/captioning_table.log",
+    conda:
+        ENV
+    script:
+        "../scripts/captioning_table.py"

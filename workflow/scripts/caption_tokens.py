@@ -1,0 +1,21 @@
+"""Rule caption_tokens: pooled backbone and INSIGHT tokens of every Karpathy split."""
+
+import torch
+
+from insight.io import save_safetensors, write_json
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, caption_tokens, load_frozen
+from insight.runtime import resolve_device
+from insight.sae import load_sae
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+cfg = snakemake.params.cfg
+spec, device = backbone_spec(snakemake.params.backbone), resolve_device(snakemake.params.device)
+dinoiser = snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None
+models = load_frozen(spec, dinoiser, snakemake.params.gamma, device)
+sae = load_sae(snakemake.input.sae).to(device)
+tensors, captions = caption_tokens(cfg["split_file"], cfg["images_root"], cfg, models, sae, device)
+save_safetensors(tensors, snakemake.output.tokens)
+write_json(captions, snakemake.output.captions)
+log.info("tokens: %s", {k: tuple(v.shape) for k, v in tensors.items()})

@@ -1,0 +1,16 @@
+"""Rule captioning_table: one row per method (BLEU-4, CIDEr, METEOR)."""
+
+import csv
+
+from insight.io import atomic_path, read_json
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+columns = ["method", "bleu4", "cider", "meteor"]
+with atomic_path(snakemake.output[0]) as tmp, open(tmp, "w", newline="") as handle:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    for path in snakemake.input:
+        row = {key: read_json(path)[key] for key in columns}
+        writer.writerow(row)
+        log.info("%s", row)

@@ -1,0 +1,15 @@
+"""Rule demo_captions: captioned scenes (Karpathy layout) and a tiny random GPT-2."""
+
+from insight.demo import make_caption_dataset
+from insight.io import atomic_dir
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+with atomic_dir(snakemake.output[0]) as tmp:
+    make_caption_dataset(
+        tmp,
+        snakemake.params.counts,
+        seed=snakemake.params.seed,
+        language_model=snakemake.params.language_model,
+    )
+log.info("wrote captioned scenes %s and a random GPT-2", snakemake.params.counts)
