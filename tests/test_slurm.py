@@ -1,0 +1,119 @@
+"""The demo workflow on a live one-node SLURM cluster through ``profiles/slurm``.
+
+``.ci/run`` installs slurm-wlm and munge and sets INSIGHT_REQUIRE_SLURM=1, so there a
+cluster that cannot start fails the test; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+from slurm_cluster import OneNodeCluster, missing_tools
+from workflow_utils import copy_checkout, snakemake
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TARGET = "results/ovs_table.csv"
+# smaller than the whole demo: no explanation figures (so no naming), a SAE that fits
+SMALL = "ovs:\n  explain_images: 0\nresources:\n  mem_mb_train_sae: 4000\n"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("INSIGHT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SLURM is required here (INSIGHT_REQUIRE_SLURM=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_tools()
+    if missing:
+        _unavailable(
+            f"SLURM cannot be started: {missing} not installed (apt-get install slurm-wlm munge)"
+        )
+    if os.geteuid() != 0:
+        _unavailable("SLURM cannot be started: slurmd needs root")
+    try:
+        running = OneNodeCluster(tmp_path_factory.mktemp("slurm")).start()
+    except RuntimeError as err:
+        _unavailable(f"SLURM cannot be started: {err}")
+    yield running
+    running.stop()
+
+
+def _checkout(path):
+    path.mkdir()
+    workdir = copy_checkout(path)
+    (workdir / "small.yaml").write_text(SMALL)
+    return workdir
+
+
+def _cancel_first_running_shard_job(cluster, process, timeout: float = 600) -> str:
+    """scancel the first extract_features job seen running; returns its id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for job_id, _, state, comment in cluster.squeue():
+            if state == "RUNNING" and "extract_features" in comment:
+                subprocess.run(["scancel", job_id], env=cluster.env, check=True)
+                return job_id
+        time.sleep(0.2)
+    raise AssertionError("no extract_features job was seen running")
+
+
+def test_demo_on_slurm_equals_local_run_and_survives_a_cancelled_job(cluster, tmp_path):
+    local = _checkout(tmp_path / "local")
+    snakemake(local, TARGET, "--cores", "2", "--configfile", "config/demo.yaml", "small.yaml")
+
+    remote = _checkout(tmp_path / "slurm")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        TARGET,
+        "--workflow-profile",
+        "profiles/slurm",
+        "--slurm-no-account",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--jobs",
+        "2",
+        # the profile's per-rule memory is sized for cluster nodes; this node is small, and
+        # a command-line --set-resources replaces the profile's list
+        "--set-resources",
+        "train_dinoiser:mem_mb=4000",
+        "--configfile",
+        "config/demo.yaml",
+        "small.yaml",
+    ]
+    env = dict(cluster.env, HF_HUB_OFFLINE="1", PYTHONPATH=str(remote))
+    log = tmp_path / "slurm-run.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            command, cwd=remote, env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
+        try:
+            cancelled = _cancel_first_running_shard_job(cluster, process)
+            returncode = process.wait(timeout=1500)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log.read_text()
+    assert returncode == 0, output[-5000:] + cluster.logs()
+    assert f"SLURM-job '{cancelled}' failed" in output and "CANCELLED" in output
+    assert "Trying to restart job" in output  # the profile's retries resubmitted it
+
+    for shard in sorted((local / "results/features/demo").glob("shard-*.parquet")):
+        twin = remote / "results/features/demo" / shard.name
+        assert pq.read_table(twin).equals(pq.read_table(shard)), shard.name
+    ours, theirs = (load_file(p / "results/models/sae.safetensors") for p in (remote, local))
+    assert ours.keys() == theirs.keys()
+    assert all(bool((ours[k] == theirs[k]).all()) for k in ours)
+    assert (remote / TARGET).read_text() == (local / TARGET).read_text()
