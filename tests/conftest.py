@@ -55,3 +55,22 @@ def chromium():
         )
         yield page, errors
         browser.close()
+
+
+LIVE_MARKERS = ("slurm", "browser")
+_live_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Remember how the tests that need a live service (SLURM, Chromium) ended."""
+    if any(marker in report.keywords for marker in LIVE_MARKERS):
+        if report.when == "call" or report.outcome != "passed":
+            _live_outcomes[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say in the log whether the live-service tests ran, so CI shows they were not skipped."""
+    if _live_outcomes:
+        terminalreporter.section("live services (slurm, browser)")
+        for nodeid, outcome in sorted(_live_outcomes.items()):
+            terminalreporter.write_line(f"{outcome.upper():8} {nodeid}")
