@@ -15,6 +15,17 @@ TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole demo, run once in a scratch copy of the checkout (shared by the workflow
+    and SLURM tests)."""
+    from workflow_utils import copy_checkout, snakemake
+
+    workdir = copy_checkout(tmp_path_factory.mktemp("demo"))
+    snakemake(workdir, "--cores", "2", "--configfile", "config/demo.yaml")
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def tiny_clip():
     torch.manual_seed(0)
     model, preprocess, tokenizer = load_clip(TINY)

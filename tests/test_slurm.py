@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 from slurm_cluster import OneNodeCluster, missing_tools
-from workflow_utils import copy_checkout, snakemake
+from workflow_utils import copy_checkout
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -66,9 +66,10 @@ def _cancel_first_running_shard_job(cluster, process, timeout: float = 600) -> s
     raise AssertionError("no extract_features job was seen running")
 
 
-def test_demo_on_slurm_equals_local_run_and_survives_a_cancelled_job(cluster, tmp_path):
-    local = _checkout(tmp_path / "local")
-    snakemake(local, TARGET, "--cores", "2", "--configfile", "config/demo.yaml", "small.yaml")
+def test_demo_on_slurm_equals_local_run_and_survives_a_cancelled_job(cluster, demo_run, tmp_path):
+    local = (
+        demo_run  # the whole demo, run locally; `small.yaml` changes none of the outputs compared
+    )
 
     remote = _checkout(tmp_path / "slurm")
     command = [

@@ -12,13 +12,6 @@ from workflow_utils import copy_checkout, planned_jobs, snakemake
 DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = copy_checkout(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, *DEMO)
-    return workdir
-
-
 @pytest.mark.slow
 def test_demo_shards_match_the_contract(demo_run):
     summary = json.loads((demo_run / "results/features/demo/summary.json").read_text())
