@@ -67,31 +67,62 @@ def encode_text_cut(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 class EmbeddingCache:
     """Prompt embeddings of one model on disk: Parquet parts of (key, embedding), where the
-    key is sha1(model key + prompt). New entries go to a new part; nothing is rewritten."""
+    key is sha1(model key + prompt). New entries go to a new part; nothing is rewritten.
+
+    Only the keys live in memory (key -> part, row); :meth:`get` reads just the row groups
+    that hold the requested rows, so encoding a few prompts against a cache of millions
+    (the paper's vocabulary: about 3M prompts, 6 GB of embeddings) costs megabytes.
+    """
+
+    ROW_GROUP = 512
 
     def __init__(self, folder: str | Path, model_key: str):
         self.folder = Path(folder)
         self.model_key = model_key
-        self.entries: dict[str, np.ndarray] = {}
-        for part in sorted(self.folder.glob("part-*.parquet")):
-            table = pq.read_table(part)
-            vectors = (
-                np.stack(table["embedding"].to_numpy(zero_copy_only=False))
-                if table.num_rows
-                else []
-            )
-            self.entries.update(zip(table["key"].to_pylist(), vectors, strict=True))
+        self.parts = sorted(self.folder.glob("part-*.parquet"))
+        self.index: dict[str, tuple[int, int]] = {}
+        for number, part in enumerate(self.parts):
+            keys = pq.read_table(part, columns=["key"])["key"].to_pylist()
+            self.index.update((key, (number, row)) for row, key in enumerate(keys))
         self.hits = self.misses = 0
 
     def key(self, prompt: str) -> str:
         return hashlib.sha1(f"{self.model_key}\x00{prompt}".encode()).hexdigest()
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """The cached embeddings (n, d) of ``keys``, in order (all must be cached)."""
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            number, row = self.index[key]
+            wanted.setdefault(number, []).append((position, row))
+        out: np.ndarray | None = None
+        for number, pairs in wanted.items():
+            handle = pq.ParquetFile(self.parts[number])
+            sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+            starts = np.cumsum([0, *sizes])
+
+            def group_of(row: int, starts=starts) -> int:
+                return int(np.searchsorted(starts, row, side="right") - 1)
+
+            groups = sorted({group_of(row) for _, row in pairs})
+            column = handle.read_row_groups(groups, columns=["embedding"])["embedding"]
+            vectors = np.stack(column.to_numpy(zero_copy_only=False))
+            first = dict(zip(groups, np.cumsum([0, *(sizes[g] for g in groups)]), strict=False))
+            if out is None:
+                out = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
+            for position, row in pairs:
+                group = group_of(row)
+                out[position] = vectors[first[group] + row - starts[group]]
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
     def add(self, prompts: Sequence[str], vectors: np.ndarray) -> None:
         if not len(prompts):
             return
         keys = [self.key(p) for p in prompts]
-        self.entries.update(zip(keys, vectors, strict=True))
-        parts = len(list(self.folder.glob("part-*.parquet")))
+        path = self.folder / f"part-{len(self.parts):05d}.parquet"
         d = vectors.shape[1]
         table = pa.table(
             {
@@ -101,7 +132,9 @@ class EmbeddingCache:
                 ),
             }
         )
-        write_parquet(table, self.folder / f"part-{parts:05d}.parquet")
+        write_parquet(table, path, row_group_size=self.ROW_GROUP)
+        self.index.update((key, (len(self.parts), row)) for row, key in enumerate(keys))
+        self.parts.append(path)
 
 
 class TextEncoder:
@@ -156,11 +189,15 @@ class TextEncoder:
         if self.cache is None:
             return self._encode_uncached(prompts, progress)
         keys = [self.cache.key(p) for p in prompts]
-        missing = sorted(
-            {p for p, k in zip(prompts, keys, strict=True) if k not in self.cache.entries}
-        )
+        missing = sorted({p for p, k in zip(prompts, keys, strict=True) if k not in self.cache})
         self.cache.hits += len(prompts) - len(missing)
         self.cache.misses += len(missing)
+        fresh: dict[str, np.ndarray] = {}
         if missing:
-            self.cache.add(missing, self._encode_uncached(missing, progress))
-        return np.stack([self.cache.entries[k] for k in keys]).astype(np.float32)
+            vectors = self._encode_uncached(missing, progress)
+            self.cache.add(missing, vectors)
+            fresh = dict(zip((self.cache.key(p) for p in missing), vectors, strict=True))
+        cached = [k for k in dict.fromkeys(keys) if k not in fresh]
+        found = dict(zip(cached, self.cache.get(cached), strict=True)) if cached else {}
+        found.update(fresh)
+        return np.stack([found[k] for k in keys]).astype(np.float32)

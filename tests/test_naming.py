@@ -1,5 +1,6 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -65,6 +66,21 @@ def test_cache_encodes_only_new_terms(tiny_clip, tmp_path):
     )
     template_embeddings(terms[:2], other.encode)
     assert other.encoded == 2 * 30
+
+
+def test_cache_reads_only_the_rows_asked_for_across_parts_and_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(EmbeddingCache, "ROW_GROUP", 3)
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path, "m")
+    first, second = rng.random((10, 4), np.float32), rng.random((5, 4), np.float32)
+    cache.add([f"p{i}" for i in range(10)], first)
+    cache.add([f"q{i}" for i in range(5)], second)
+    reopened = EmbeddingCache(tmp_path, "m")  # only the keys are loaded
+    assert len(reopened.index) == 15 and pq.ParquetFile(reopened.parts[0]).num_row_groups == 4
+    prompts = ["q4", "p7", "p0", "q0", "p7", "p9"]
+    expected = np.stack([{"p": first, "q": second}[p[0]][int(p[1:])] for p in prompts])
+    np.testing.assert_array_equal(reopened.get([reopened.key(p) for p in prompts]), expected)
+    assert reopened.key("p0") in reopened and reopened.key("zz") not in reopened
 
 
 def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():
