@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from insight.backbone import patch_grid
 from insight.demo import voc_palette
 from insight.features import BatchTransform, DenseEncoder
 from insight.heatmaps import concept_label
@@ -51,10 +52,7 @@ def explain_image(
     pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))[None]
     x = resize_to_protocol(transform.batch(pixels, device), short_side)
     features = encoder(x)[0]
-    grid = (
-        x.shape[-2] // encoder.visual.patch_size[0],
-        x.shape[-1] // encoder.visual.patch_size[1],
-    )
+    grid = patch_grid(encoder.visual, *x.shape[-2:])
     codes = sae.encode(features)
     reconstruction = F.normalize(sae.decode(codes), dim=-1)
     prediction = (reconstruction @ text.T).argmax(-1)

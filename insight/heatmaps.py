@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from insight.backbone import patch_grid
 from insight.features import BatchTransform, DenseEncoder
 from insight.io import atomic_path
 from insight.sae import MatryoshkaBatchTopKSAE
@@ -38,9 +39,7 @@ def image_codes(
     x = transform.batch(torch.from_numpy(crop.copy())[None], device)
     features = encoder(x)[0]
     codes = sae.encode_batch_topk(features) if batch_topk else sae.encode(features)
-    patch = encoder.visual.patch_size
-    grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
-    return crop, features, codes, grid
+    return crop, features, codes, patch_grid(encoder.visual, *x.shape[-2:])
 
 
 def concept_label(concept: int, name: str | None) -> str:

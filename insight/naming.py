@@ -119,6 +119,17 @@ def name_vectors(
     return names, best, others, other_scores
 
 
+def concept_names(names: pa.Table | str | Path | None) -> dict[int, str | None]:
+    """``concept -> name`` from ``names.parquet`` (a path or its table); empty for None."""
+    if names is None:
+        return {}
+    if not isinstance(names, pa.Table):
+        import pyarrow.parquet as pq
+
+        names = pq.read_table(names, columns=["concept", "name"])
+    return dict(zip(names["concept"].to_pylist(), names["name"].to_pylist(), strict=True))
+
+
 def names_table(
     vectors: np.ndarray,
     index,

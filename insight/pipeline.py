@@ -20,7 +20,13 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from insight.backbone import RANDOM_INIT_SEED, BackboneSpec, load_clip, maskclip_features
+from insight.backbone import (
+    RANDOM_INIT_SEED,
+    BackboneSpec,
+    load_clip,
+    maskclip_features,
+    patch_grid,
+)
 from insight.concepts import encode_shard
 from insight.dinoiser import (
     DINOiser,
@@ -44,7 +50,7 @@ from insight.features import (
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
 from insight.io import write_json
 from insight.logs import progress
-from insight.naming import concept_vectors, names_table, top_patch_weights
+from insight.naming import concept_names, concept_vectors, names_table, top_patch_weights
 from insight.ovs import OVSConfig, class_text_embeddings, scored_classes
 from insight.ovs import evaluate as evaluate_segmentation
 from insight.ovs_datasets import DATASETS, list_pairs
@@ -423,10 +429,7 @@ def evaluate_ovs(
     )
     bar.close()
     if out is not None and cfg.get("explain_images"):
-        names = {}
-        if names_path:
-            table = pq.read_table(names_path, columns=["concept", "name"])
-            names = dict(zip(table["concept"].to_pylist(), table["name"].to_pylist(), strict=True))
+        names = concept_names(names_path)
         explanations = {}
         for image_id, image_path, _ in pairs[: cfg["explain_images"]]:
             with Image.open(image_path) as image:
@@ -638,10 +641,7 @@ def classification_results(
             "settings": {},
         }
     )
-    names = {}
-    if names_path:
-        table = pq.read_table(names_path, columns=["concept", "name"])
-        names = dict(zip(table["concept"].to_pylist(), table["name"].to_pylist(), strict=True))
+    names = concept_names(names_path)
     explanations = {}
     x_test = matrix(test, "insight")
     m = x_test.shape[1] // 2
@@ -695,6 +695,55 @@ class RunNotFoundError(FileNotFoundError):
     """A trained run's file is missing: the workflow has not been run far enough."""
 
 
+@dataclasses.dataclass
+class TrainedRun:
+    """What the ``insight`` commands load of a finished run: the frozen models, the SAE,
+    the names table and the families table (None before the hierarchy exists)."""
+
+    results: Path
+    spec: BackboneSpec
+    device: torch.device
+    models: FrozenModels
+    sae: MatryoshkaBatchTopKSAE
+    names: pa.Table
+    families: pa.Table | None
+
+
+def load_trained_run(
+    cfg: dict, results: str | Path, command: str, extra: Sequence[str] = ()
+) -> TrainedRun:
+    """Load a run's backbone, DINOiser, SAE, names and families; a missing file (these, or
+    ``extra`` paths under ``results``) raises :class:`RunNotFoundError` naming the file and
+    the snakemake command that makes it."""
+    from insight.runtime import resolve_device
+
+    results = Path(results)
+    needed = {
+        "sae": results / "models/sae.safetensors",
+        "names": results / "naming/names.parquet",
+        **{path: results / path for path in extra},
+    }
+    if cfg["dinoiser"]["enabled"]:
+        needed["dinoiser"] = results / "models/dinoiser.safetensors"
+    for what, path in needed.items():
+        if not path.exists():
+            raise RunNotFoundError(
+                f"{path} ({what}) is missing: run the workflow first, e.g. "
+                f"`snakemake --cores all {path}` with the same config (needed by insight {command})"
+            )
+    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
+    families = results / "hierarchy/families.parquet"
+    return TrainedRun(
+        results=results,
+        spec=spec,
+        device=device,
+        models=load_frozen(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"], device),
+        sae=load_sae(needed["sae"]).to(device),
+        names=pq.read_table(needed["names"], columns=["concept", "name"]),
+        families=pq.read_table(families) if families.exists() else None,
+    )
+
+
 def explain_image_file(
     image_path: str | Path,
     cfg: dict,
@@ -709,38 +758,26 @@ def explain_image_file(
     from insight.explain import best_row, explain_label, explanation_png
     from insight.heatmaps import image_codes
     from insight.hierarchy import family_graph
-    from insight.runtime import resolve_device
 
-    results = Path(results)
-    needed = {"sae": results / "models/sae.safetensors", "names": results / "naming/names.parquet"}
-    if cfg["dinoiser"]["enabled"]:
-        needed["dinoiser"] = results / "models/dinoiser.safetensors"
-    if label is None:
-        needed["vocabulary"] = results / "vocabulary/embeddings.parquet"
-    for what, path in needed.items():
-        if not path.exists():
-            raise RunNotFoundError(
-                f"{path} ({what}) is missing: run the workflow first, e.g. "
-                f"`snakemake --cores all {path}` with the same config"
-            )
-    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
-    models = load_frozen(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"], device)
-    sae = load_sae(needed["sae"]).to(device)
+    run = load_trained_run(
+        cfg, results, "explain", [] if label else ["vocabulary/embeddings.parquet"]
+    )
+    models, sae, device = run.models, run.sae, run.device
     with Image.open(image_path) as image:
         crop, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
-    names_table = pq.read_table(needed["names"], columns=["concept", "name"])
-    names = dict(zip(*(names_table[c].to_pylist() for c in ("concept", "name")), strict=True))
-    families = results / "hierarchy/families.parquet"
-    graph = family_graph(pq.read_table(families) if families.exists() else None)
+    names = concept_names(run.names)
+    graph = family_graph(run.families)
     if label is None:
-        vocabulary = pq.read_table(needed["vocabulary"], columns=["term", "embedding"])
+        vocabulary = pq.read_table(
+            run.results / "vocabulary/embeddings.parquet", columns=["term", "embedding"]
+        )
         embeddings = np.stack(vocabulary["embedding"].to_numpy(zero_copy_only=False))
         row = best_row(codes, sae, embeddings.astype(np.float32))
         label = vocabulary["term"][row].as_py()
         text = torch.from_numpy(embeddings[row].astype(np.float32))
     else:
         encoder = cached_text_encoder(
-            models.model, models.tokenizer, spec, results / "vocabulary/cache", device
+            models.model, models.tokenizer, run.spec, run.results / "vocabulary/cache", device
         )
         text = torch.from_numpy(class_text_embeddings([label], encoder.encode)[0])
     explanation = explain_label(codes, sae, label, text.to(device), names, graph, top)
@@ -823,8 +860,7 @@ def caption_tokens(
                 if pixels is not None:
                     x = models.transform.batch(pixels, device)
                     features = models.encoder(x)
-                    patch = models.encoder.visual.patch_size
-                    grid = (x.shape[-2] // patch[0], x.shape[-1] // patch[1])
+                    grid = patch_grid(models.encoder.visual, *x.shape[-2:])
                     reconstruction = sae.decode(sae.encode(features.flatten(0, 1)))
                     pooled["clip"].append(pool_tokens(features, grid).cpu())
                     pooled["insight"].append(
@@ -911,29 +947,12 @@ def caption_image_file(
     from insight.captioning import pool_tokens
     from insight.heatmaps import image_codes
     from insight.io import load_safetensors, read_json
-    from insight.runtime import resolve_device
     from insight.steering import scale_concepts, scales_by_name
 
-    results = Path(results)
-    folder = results / "models/captioner/insight"
-    needed = [results / "models/sae.safetensors", results / "naming/names.parquet", folder]
-    if cfg["dinoiser"]["enabled"]:
-        needed.append(results / "models/dinoiser.safetensors")
-    for path in needed:
-        if not path.exists():
-            raise RunNotFoundError(
-                f"{path} is missing: run the workflow first, e.g. "
-                f"`snakemake --cores all results/captioning_table.csv` with the same config"
-            )
-    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
-    dinoiser = needed[3] if cfg["dinoiser"]["enabled"] else None
-    models = load_frozen(spec, dinoiser, cfg["dinoiser"]["gamma"], device)
-    sae = load_sae(needed[0]).to(device)
-    names = pq.read_table(needed[1], columns=["concept", "name"])
-    families = results / "hierarchy/families.parquet"
-    scales = scales_by_name(
-        names, requests, pq.read_table(families) if families.exists() else None, with_family
-    )
+    run = load_trained_run(cfg, results, "caption", ["models/captioner/insight"])
+    models, sae, device = run.models, run.sae, run.device
+    scales = scales_by_name(run.names, requests, run.families, with_family)
+    folder = run.results / "models/captioner/insight"
     settings = read_json(folder / "adapter.json")
     captioner, tokenizer = build_captioner(
         str(folder / "language_model"), settings["d_in"], settings

@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from insight.hierarchy import family_graph
+from insight.naming import concept_names
 from insight.sae import MatryoshkaBatchTopKSAE
 
 
@@ -30,7 +31,7 @@ def concepts_named(
 ) -> list[int]:
     """The concepts called ``name`` (a name may be shared), and with ``with_family`` their
     descendants in the family DAG too. An unknown name raises with the closest names."""
-    table = dict(zip(names["concept"].to_pylist(), names["name"].to_pylist(), strict=True))
+    table = concept_names(names)
     found = sorted(c for c, n in table.items() if n == name)
     if not found:
         close = difflib.get_close_matches(name, sorted({n for n in table.values() if n}), n=5)
