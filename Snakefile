@@ -17,6 +17,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/backbone.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/sae.smk"
 include: "workflow/rules/hierarchy.smk"

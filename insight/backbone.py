@@ -122,14 +122,9 @@ def check_supported(visual: nn.Module) -> None:
         raise TypeError("MaskCLIP dense features need nn.MultiheadAttention blocks")
 
 
-def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP dense features ``(B, d, h, w)`` of normalised images ``(B, 3, H, W)``.
-
-    Blocks 1..L-1 run as usual; in block L the attention is replaced by its value path:
-    ``v = W_v ln_1(x) + b_v``, ``x' = x + ls_1(out_proj(v))``, ``x'' = x' + ls_2(mlp(ln_2(x')))``,
-    then ``ln_post`` and ``@ proj`` per patch token (class token dropped). Input sizes
-    other than the model's native size interpolate the positional embedding.
-    """
+def last_block_input(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Tokens ``(B, 1 + h*w, width)`` entering the last residual block (batch first) and
+    the patch grid; positional embeddings are interpolated for non-native sizes."""
     grid = patch_grid(visual, images.shape[-2], images.shape[-1])
     x = visual.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
@@ -143,8 +138,36 @@ def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         x = block(x)
     if not transformer.batch_first:
         x = x.transpose(0, 1)
+    return x, grid
+
+
+def last_block_projection(visual: nn.Module, images: torch.Tensor, which: str) -> torch.Tensor:
+    """The last block's ``query``, ``key`` or ``value`` projection of every patch token,
+    ``(B, width, h, w)``: what a DINO teacher's affinities are computed from."""
+    x, grid = last_block_input(visual, images)
+    attn: nn.MultiheadAttention = visual.transformer.resblocks[-1].attn
+    width = x.shape[-1]
+    index = {"query": 0, "key": 1, "value": 2}[which]
+    rows = slice(index * width, (index + 1) * width)
+    out = F.linear(
+        visual.transformer.resblocks[-1].ln_1(x[:, 1:]),
+        attn.in_proj_weight[rows],
+        attn.in_proj_bias[rows],
+    )
+    return out.transpose(1, 2).reshape(x.shape[0], width, *grid)
+
+
+def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP dense features ``(B, d, h, w)`` of normalised images ``(B, 3, H, W)``.
+
+    Blocks 1..L-1 run as usual; in block L the attention is replaced by its value path:
+    ``v = W_v ln_1(x) + b_v``, ``x' = x + ls_1(out_proj(v))``, ``x'' = x' + ls_2(mlp(ln_2(x')))``,
+    then ``ln_post`` and ``@ proj`` per patch token (class token dropped). Input sizes
+    other than the model's native size interpolate the positional embedding.
+    """
+    x, grid = last_block_input(visual, images)
     x = x[:, 1:]  # the value path is per token: the class token no longer matters
-    last = transformer.resblocks[-1]
+    last = visual.transformer.resblocks[-1]
     attn: nn.MultiheadAttention = last.attn
     width = x.shape[-1]
     value = F.linear(last.ln_1(x), attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])

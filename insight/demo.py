@@ -1,8 +1,12 @@
 """Generated data for the offline demo and the tests: real image files in real layouts.
 
-:func:`make_scene_images` draws simple scenes (coloured shapes on textured
-backgrounds) as JPEG and PNG files in a folder; :func:`write_bad_images` adds one file
-of each kind the extraction stage must reject.
+Every set is drawn from the procedural world of :mod:`insight.world`:
+:func:`make_scene_images` (a folder of JPEG and PNG scenes), :func:`make_voc_dataset`
+(class maps, VOC2012 layout), :func:`make_part_dataset` (part maps, PartImageNet
+layout), :func:`make_imagefolder` (one object per image), :func:`make_caption_dataset`
+(Karpathy layout) and :func:`make_clip_pairs` (image/caption pairs to train the demo's
+CLIP). :func:`write_bad_images` adds one file of each kind the extraction stage must
+reject.
 """
 
 from __future__ import annotations
@@ -12,57 +16,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 210, 40),
-    "purple": (150, 60, 190),
-}
-BACKGROUNDS = {
-    "sand": (214, 196, 150),
-    "grass": (90, 140, 70),
-    "sky": (150, 190, 235),
-    "stone": (128, 128, 128),
-}
-
-
-def draw_scene(
-    rng: np.random.Generator, size: tuple[int, int] = (320, 240)
-) -> tuple[Image.Image, list[dict], str]:
-    """One scene: a noisy background and 1-3 shapes; returns the image, its objects and
-    the background's name."""
-    width, height = size
-    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    base = np.array(BACKGROUNDS[background], dtype=np.float32)
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    image = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    objects = []
-    for _ in range(int(rng.integers(1, 4))):
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        colour = list(COLOURS)[rng.integers(len(COLOURS))]
-        radius = int(rng.integers(min(size) // 8, min(size) // 4))
-        cx, cy = (
-            int(rng.integers(radius, width - radius)),
-            int(rng.integers(radius, height - radius)),
-        )
-        box = (cx - radius, cy - radius, cx + radius, cy + radius)
-        fill = COLOURS[colour]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon(
-                [(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)],
-                fill=fill,
-            )
-        objects.append({"shape": shape, "colour": colour, "box": box})
-    return image, objects, background
+from insight.world import OBJECTS, PART_BACKGROUND, close_up, draw_scene, scene_caption
 
 
 def make_scene_images(
@@ -73,7 +29,7 @@ def make_scene_images(
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
-        image, _, _ = draw_scene(rng, size)
+        image = draw_scene(rng, size).image
         folder = out / ("jpeg" if i % 4 else "png")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"scene_{i:05d}.{'jpg' if i % 4 else 'png'}"
@@ -117,13 +73,6 @@ def write_bad_images(out_dir: str | Path, kinds: list[str] | None = None) -> lis
     return paths
 
 
-VOC_SHAPE_CLASS = {
-    "circle": 1,
-    "square": 2,
-    "triangle": 3,
-}  # aeroplane, bicycle, bird in VOC's list
-
-
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map (bit-interleaved), 256 RGB entries."""
     palette = []
@@ -142,35 +91,23 @@ def voc_palette() -> list[int]:
 def make_voc_dataset(
     root: str | Path, count: int, seed: int = 1, size: tuple[int, int] = (320, 240)
 ) -> None:
-    """Scenes in the VOC2012 layout: JPEGs, palette PNG labels (shapes on background 0,
-    a 255 border around each shape, as VOC draws object outlines) and the val split."""
+    """World scenes in the VOC2012 layout: JPEGs, palette PNG class maps (ids into
+    :data:`insight.world.CLASSES`, a 255 outline around every object as VOC draws
+    them) and the ``val`` split."""
     from PIL import ImageFilter
 
     root = Path(root)
     rng = np.random.default_rng(seed)
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     ids = []
     for i in range(count):
-        image, objects, _ = draw_scene(rng, size)
-        label = Image.new("L", size, 0)
-        draw = ImageDraw.Draw(label)
-        for obj in objects:
-            value = VOC_SHAPE_CLASS[obj["shape"]]
-            x0, y0, x1, y1 = obj["box"]
-            cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
-            if obj["shape"] == "circle":
-                draw.ellipse(obj["box"], fill=value)
-            elif obj["shape"] == "square":
-                draw.rectangle(obj["box"], fill=value)
-            else:
-                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=value)
-        array = np.array(label)
-        edges = np.array(label.filter(ImageFilter.FIND_EDGES)) > 0
-        array[edges] = 255
-        name = f"demo_{i:05d}"
-        image.save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+        scene = draw_scene(rng, size)
+        objects = Image.fromarray(np.where(scene.parts != PART_BACKGROUND, 255, 0).astype(np.uint8))
+        outline = np.array(objects.filter(ImageFilter.FIND_EDGES)) > 0
+        array = np.where(outline, 255, scene.classes).astype(np.uint8)
+        name = f"world_{i:05d}"
+        scene.image.save(root / "JPEGImages" / f"{name}.jpg", quality=90)
         png = Image.frombytes("P", size, np.ascontiguousarray(array).tobytes())
         png.putpalette(voc_palette())
         png.save(root / "SegmentationClass" / f"{name}.png")
@@ -181,70 +118,32 @@ def make_voc_dataset(
 def make_part_dataset(
     root: str | Path, count: int, seed: int = 2, size: tuple[int, int] = (224, 224)
 ) -> None:
-    """Scenes in the PartImageNet layout: each shape has two parts (its upper and lower
-    half, parts 2s and 2s+1 for shape s), background 40; split ``test``."""
+    """World scenes in the PartImageNet layout: part maps with ids into
+    :data:`insight.world.PARTS` (roof, wall, leaves, ...), background 40; split ``test``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / "images" / "test").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / "test").mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        image, objects, _ = draw_scene(rng, size)
-        labels = np.full((size[1], size[0]), 40, dtype=np.uint8)
-        for obj in objects:
-            mask = Image.new("L", size, 0)
-            draw = ImageDraw.Draw(mask)
-            x0, y0, x1, y1 = obj["box"]
-            cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 2
-            if obj["shape"] == "circle":
-                draw.ellipse(obj["box"], fill=1)
-            elif obj["shape"] == "square":
-                draw.rectangle(obj["box"], fill=1)
-            else:
-                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=1)
-            inside = np.array(mask) > 0
-            part = 2 * SHAPES.index(obj["shape"])
-            rows = np.arange(size[1])[:, None]
-            labels[inside & (rows < cy)] = part
-            labels[inside & (rows >= cy)] = part + 1
-        image.save(root / "images" / "test" / f"part_{i:05d}.JPEG", format="JPEG", quality=90)
-        Image.fromarray(labels).save(root / "annotations" / "test" / f"part_{i:05d}.png")
+        scene = draw_scene(rng, size)
+        scene.image.save(root / "images" / "test" / f"part_{i:05d}.JPEG", format="JPEG", quality=90)
+        Image.fromarray(scene.parts).save(root / "annotations" / "test" / f"part_{i:05d}.png")
 
 
 def make_imagefolder(
     root: str | Path, per_class: dict[str, int], seed: int = 3, size: tuple[int, int] = (224, 224)
 ) -> None:
-    """An ImageFolder (``root/{split}/{shape}/*.jpg``) whose class is the shape drawn."""
+    """An ImageFolder (``root/{split}/{object}/*.jpg``): one world object per image, the
+    class is the object drawn (house, tree, car, mushroom)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
-        for shape in SHAPES:
-            folder = root / split / shape
+        for name in OBJECTS:
+            folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-                noise = rng.normal(0, 12, size=(size[1], size[0], 3))
-                image = Image.fromarray(
-                    np.clip(np.array(BACKGROUNDS[background]) + noise, 0, 255).astype(np.uint8)
-                )
-                draw = ImageDraw.Draw(image)
-                r = int(rng.integers(size[0] // 6, size[0] // 3))
-                cx, cy = int(rng.integers(r, size[0] - r)), int(rng.integers(r, size[1] - r))
-                fill = list(COLOURS.values())[rng.integers(len(COLOURS))]
-                box = (cx - r, cy - r, cx + r, cy + r)
-                if shape == "circle":
-                    draw.ellipse(box, fill=fill)
-                elif shape == "square":
-                    draw.rectangle(box, fill=fill)
-                else:
-                    draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-                image.save(folder / f"{shape}_{i:04d}.jpg", quality=90)
-
-
-def scene_caption(objects: list[dict], background: str) -> str:
-    """``a red circle and a blue square on grass``."""
-    things = [f"a {o['colour']} {o['shape']}" for o in objects]
-    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
-    return f"{listed} on {background}"
+                scene = draw_scene(rng, size, objects=[name])
+                scene.image.save(folder / f"{name}_{i:04d}.jpg", quality=90)
 
 
 def make_caption_dataset(
@@ -256,10 +155,10 @@ def make_caption_dataset(
 ) -> Path:
     """COCO captions in the Karpathy layout: ``root/{train,val}2014/*.jpg`` and
     ``root/dataset_coco.json`` (``images``: ``filepath``, ``filename``, ``split``,
-    ``cocoid``, ``sentences`` with ``raw``), two captions per image (the second with the
-    objects listed in reverse). With ``language_model`` (GPT-2 config keys), also a tiny
-    randomly initialised GPT-2 and a word-level tokenizer trained on the captions, saved
-    with ``save_pretrained`` in ``root/gpt2`` so it loads like any local model."""
+    ``cocoid``, ``sentences`` with ``raw``), two captions per world scene (the second
+    lists the objects right to left). With ``language_model`` (GPT-2 config keys), also a
+    tiny randomly initialised GPT-2 and a word-level tokenizer trained on the captions,
+    saved with ``save_pretrained`` in ``root/gpt2`` so it loads like any local model."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     images, captions = [], []
@@ -268,13 +167,10 @@ def make_caption_dataset(
         (root / folder).mkdir(parents=True, exist_ok=True)
         for _ in range(count):
             cocoid = len(images)
-            image, objects, background = draw_scene(rng, size)
+            scene = draw_scene(rng, size)
             filename = f"COCO_{folder}_{cocoid:012d}.jpg"
-            image.save(root / folder / filename, quality=90)
-            sentences = [
-                scene_caption(objects, background),
-                scene_caption(objects[::-1], background),
-            ]
+            scene.image.save(root / folder / filename, quality=90)
+            sentences = [scene.caption, scene_caption(scene.objects, scene.ground, reverse=True)]
             captions += sentences
             images.append(
                 {
@@ -289,6 +185,41 @@ def make_caption_dataset(
     if language_model is not None:
         save_tiny_gpt2(root / "gpt2", captions, language_model)
     return root / "dataset_coco.json"
+
+
+def make_clip_pairs(
+    root: str | Path,
+    scenes: int,
+    seed: int = 6,
+    size: tuple[int, int] = (224, 224),
+) -> Path:
+    """Image/caption pairs to train the demo's CLIP on: every world scene with its
+    caption, plus one close-up of it (an object, a part or a ground, captioned with one
+    of the 80 ImageNet prompt templates). Writes ``root/images/*.jpg`` and
+    ``root/pairs.csv`` (``path``, relative to ``root``, and ``caption``)."""
+    import csv
+
+    from insight.segmentation import imagenet_prompts
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    templates = tuple(template("{}") for template in imagenet_prompts())
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(scenes):
+        scene = draw_scene(rng, size)
+        crop = None
+        while crop is None:
+            crop = close_up(scene, rng, templates, size[0])
+        for kind, (image, caption) in (("scene", (scene.image, scene.caption)), ("close", crop)):
+            path = f"images/{kind}_{i:05d}.jpg"
+            image.save(root / path, quality=92)
+            rows.append((path, caption))
+    with open(root / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "caption"])
+        writer.writerows(rows)
+    return root / "pairs.csv"
 
 
 def save_tiny_gpt2(folder: str | Path, texts: list[str], config: dict, seed: int = 0) -> None:

@@ -73,10 +73,15 @@ def affinity_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(predicted, target.to(predicted.dtype))
 
 
+CLIP_TEACHER = "clip"
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """A DINO teacher built by timm: a model name, ``pretrained`` weights from the hub
-    cache, or a local ``checkpoint`` file; ``overrides`` are timm kwargs (a tiny demo ViT)."""
+    cache, or a local ``checkpoint`` file; ``overrides`` are timm kwargs (a tiny demo ViT).
+    ``model: clip`` uses the backbone itself (its last block's q/k/v features), for a
+    backbone with no DINO counterpart such as the demo's world-trained CLIP."""
 
     model: str = "vit_base_patch16_224.dino"
     pretrained: bool = True
@@ -119,6 +124,15 @@ def load_teacher(
 
 def _without_file(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+
+
+def clip_teacher_affinity(
+    visual: nn.Module, clip_images: torch.Tensor, features: str = "key"
+) -> torch.Tensor:
+    """Cosine affinities ``(B, N, N)`` of the backbone's own last-block q/k/v features."""
+    from insight.backbone import last_block_projection
+
+    return cosine_affinity(last_block_projection(visual, clip_images, features))
 
 
 def teacher_affinity(

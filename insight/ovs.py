@@ -34,6 +34,7 @@ from insight.ovs_datasets import OVSDataset
 from insight.sae import MatryoshkaBatchTopKSAE
 from insight.segmentation import (
     IoUAccumulator,
+    chance_miou,
     imagenet_prompts,
     resize_to_protocol,
     slide_inference,
@@ -160,9 +161,11 @@ def evaluate(
         if on_image is not None:
             on_image(image_id, predictions)
     results = {}
+    chance = None
     for method, accumulator in accumulators.items():
         if accumulator.images == 0:
             continue
+        chance = chance_miou(accumulator.label_area)
         iou = accumulator.iou()
         results[method] = {
             "miou": accumulator.miou(),
@@ -171,7 +174,7 @@ def evaluate(
                 for name, v in zip(dataset.classes, iou, strict=True)
             },
         }
-    return {"images": len(pairs), "methods": results}
+    return {"images": len(pairs), "chance_miou": chance, "methods": results}
 
 
 def ovs_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:

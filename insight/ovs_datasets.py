@@ -107,6 +107,35 @@ DATASETS: dict[str, OVSDataset] = {
     "ade20k": OVSDataset("ade20k", "ade", ADE_CLASSES, reduce_zero_label=True),
 }
 
+
+def benchmark(name: str, custom: dict | None = None) -> OVSDataset:
+    """The benchmark ``name``: one of :data:`DATASETS`, or one defined in ``custom``
+    (config ``ovs.custom``: ``{name: {layout, classes, background, reduce_zero_label}}``),
+    a dataset in a standard layout with its own class list, such as the demo's world."""
+    custom = custom or {}
+    if name in custom:
+        spec = custom[name]
+        if spec.get("layout", "voc") not in LAYOUTS:
+            raise ValueError(f"ovs.custom.{name}.layout must be one of {sorted(LAYOUTS)}")
+        classes = tuple(spec["classes"])
+        if len(set(classes)) != len(classes) or not classes:
+            raise ValueError(f"ovs.custom.{name}.classes must be distinct class names")
+        return OVSDataset(
+            name,
+            spec.get("layout", "voc"),
+            classes,
+            background=bool(spec.get("background", False)),
+            reduce_zero_label=bool(spec.get("reduce_zero_label", False)),
+            label_suffix=spec.get("label_suffix", ""),
+        )
+    if name not in DATASETS:
+        raise KeyError(
+            f"unknown OVS benchmark {name!r}: built-in ones are {sorted(DATASETS)}; "
+            "define others under ovs.custom"
+        )
+    return DATASETS[name]
+
+
 LAYOUTS = {
     "voc": "ROOT/JPEGImages/{id}.jpg, ROOT/SegmentationClass/{id}.png, ROOT/ImageSets/Segmentation/val.txt (ROOT = VOCdevkit/VOC2012)",
     "context": "ROOT/JPEGImages/{id}.jpg, ROOT/SegmentationClassContext/{id}.png, ROOT/ImageSets/SegmentationContext/val.txt (ROOT = VOCdevkit/VOC2010)",

@@ -29,10 +29,12 @@ from insight.backbone import (
 )
 from insight.concepts import encode_shard
 from insight.dinoiser import (
+    CLIP_TEACHER,
     DINOiser,
     DinoiserTrainConfig,
     TeacherSpec,
     binarise,
+    clip_teacher_affinity,
     load_dinoiser,
     load_teacher,
     teacher_affinity,
@@ -53,7 +55,7 @@ from insight.logs import progress
 from insight.naming import concept_names, concept_vectors, names_table, top_patch_weights
 from insight.ovs import OVSConfig, class_text_embeddings, scored_classes
 from insight.ovs import evaluate as evaluate_segmentation
-from insight.ovs_datasets import DATASETS, list_pairs
+from insight.ovs_datasets import benchmark, list_pairs
 from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, matryoshka_group_sizes
 from insight.sae_training import FeatureBatches, SAETrainer, TrainConfig, evaluate
 from insight.text import EmbeddingCache, TextEncoder
@@ -104,6 +106,48 @@ def extract_config(features: dict, images: dict) -> ExtractConfig:
     )
 
 
+def train_clip_from_pairs(
+    pairs_csv: str | Path,
+    spec: BackboneSpec,
+    cfg: dict,
+    out_path: str | Path,
+    device: torch.device,
+) -> dict:
+    """Train ``spec.model`` from scratch on a CSV of (path, caption) pairs and save its
+    weights (safetensors) for ``backbone.checkpoint``; returns the training metrics."""
+    import pyarrow.csv as pcsv
+
+    from insight.backbone import image_size
+    from insight.clip_training import ClipTrainConfig, images_to_tensor, save_clip, train_clip
+
+    table = pcsv.read_csv(pairs_csv)
+    missing = {"path", "caption"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{pairs_csv}: missing columns {sorted(missing)} (need path, caption)")
+    root = Path(pairs_csv).parent
+    paths, captions = table["path"].to_pylist(), table["caption"].to_pylist()
+    config = from_config(ClipTrainConfig, cfg)
+    size = image_size(load_clip(spec)[0].visual)[0]
+    images, bar = [], progress(len(paths), "load pairs", "img")
+    for path in paths:
+        with Image.open(root / path) as image:
+            images.append(image.convert("RGB"))
+        bar.update(1)
+    bar.close()
+    pixels = images_to_tensor(images, size)
+    bar = progress(config.epochs, "train CLIP", "epoch")
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(1)
+        log.info("epoch %d: contrastive loss %.4f", epoch, loss)
+
+    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch)
+    bar.close()
+    save_clip(model, out_path, {"model": spec.model, "pairs": str(pairs_csv)})
+    return {**metrics, "model": spec.model, "config": dataclasses.asdict(config)}
+
+
 def train_dinoiser_from_images(
     refs: Sequence[ImageRef],
     spec: BackboneSpec,
@@ -117,8 +161,17 @@ def train_dinoiser_from_images(
     model, preprocess, _ = load_clip(spec, device)
     transform = BatchTransform(preprocess)
     visual = model.visual
-    teacher_model = load_teacher(teacher, tuple(visual.grid_size), device)
     mean, std = visual.preprocess_cfg["mean"], visual.preprocess_cfg["std"]
+    if teacher.model == CLIP_TEACHER:
+
+        def affinity_of(images: torch.Tensor) -> torch.Tensor:
+            return clip_teacher_affinity(visual, images, teacher.features)
+    else:
+        teacher_model = load_teacher(teacher, tuple(visual.grid_size), device)
+
+        def affinity_of(images: torch.Tensor) -> torch.Tensor:
+            return teacher_affinity(teacher_model, images, teacher.features, mean, std)
+
     features, targets, rejected = [], [], 0
     bar = progress(len(refs), "teacher affinities", "img")
     with torch.no_grad():
@@ -127,7 +180,7 @@ def train_dinoiser_from_images(
             if pixels is not None:
                 images = transform.batch(pixels, device)
                 features.append(maskclip_features(visual, images).float().cpu())
-                affinity = teacher_affinity(teacher_model, images, teacher.features, mean, std)
+                affinity = affinity_of(images)
                 targets.append(binarise(affinity, config.teacher_threshold).cpu())
             bar.update(len(good) + len(bad))
     bar.close()
@@ -404,7 +457,7 @@ def evaluate_ovs(
     """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs). With
     ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
     figures of the first ``explain_images`` images (Fig. 7)."""
-    dataset = DATASETS[name]
+    dataset = benchmark(name, cfg.get("custom"))
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     config = from_config(OVSConfig, cfg)
     models = load_frozen(spec, dinoiser_path, gamma, device, precision)
@@ -518,6 +571,81 @@ def interpretability_rows(
                 {"method": method, "dataset": name, "images": len(pairs), **accumulator.summary()}
             )
     return rows
+
+
+def world_recovery(
+    parts_root: str | Path,
+    spec: BackboneSpec,
+    dinoiser_path: str | Path | None,
+    gamma: float,
+    sae_path: str | Path,
+    families_path: str | Path,
+    names_path: str | Path,
+    device: torch.device,
+    top_concepts: int = 20,
+) -> dict:
+    """How much of the demo world the concepts recovered (issue 12): the share of the most
+    frequent concepts named with the world's words, and the family edges that mirror the
+    world's part-of structure, against the count expected with shuffled parents. Concept
+    labels come from the thresholded codes on the world's part-annotated scenes."""
+    from insight import world
+    from insight.hierarchy import load_families
+    from insight.interpretability import part_pairs
+
+    models = load_frozen(spec, dinoiser_path, gamma, device)
+    sae = load_sae(sae_path).to(device)
+    size = tuple(models.model.visual.image_size)
+    grid = tuple(models.model.visual.grid_size)
+    mass = np.zeros((sae.config.d_sae, len(world.LABELS)))
+    pairs = part_pairs("partimagenet", parts_root)
+    for _, image_path, label_path in pairs:
+        part_map = np.array(Image.open(label_path).resize(size[::-1], Image.NEAREST))
+        with Image.open(image_path) as image:
+            pixels = np.array(image.convert("RGB").resize(size[::-1], Image.BICUBIC), np.uint8)
+        x = models.transform.batch(torch.from_numpy(pixels)[None], device)
+        with torch.no_grad():
+            codes = sae.encode(models.encoder(x)[0]).cpu().numpy()
+        mass += world.label_mass(codes, world.patch_labels(part_map, grid))
+    part, obj = world.concept_labels(mass)
+    names = pq.read_table(names_path, columns=["concept", "name", "frequency"]).to_pylist()
+    frequent = sorted(
+        (r for r in names if r["frequency"] > 0), key=lambda r: (-r["frequency"], r["concept"])
+    )[:top_concepts]
+    name_of = {r["concept"]: r["name"] for r in names}
+    graph = load_families(families_path)
+    edges = sorted(graph.edges)
+    planted = world.planted_edges(edges, part, obj)
+    return {
+        "images": len(pairs),
+        "naming": {
+            "top_concepts": len(frequent),
+            "world_named": sum(world.is_world_name(r["name"]) for r in frequent),
+            "world_named_fraction": float(
+                np.mean([world.is_world_name(r["name"]) for r in frequent])
+            )
+            if frequent
+            else 0.0,
+            "concepts": [
+                {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in frequent
+            ],
+        },
+        "families": {
+            "edges": len(edges),
+            "planted_edges": len(planted),
+            "planted_edges_shuffled_parents": world.shuffled_planted_edges(edges, part, obj),
+            "examples": [
+                {
+                    "parent": p,
+                    "parent_name": name_of.get(p),
+                    "parent_object": obj[p],
+                    "child": c,
+                    "child_name": name_of.get(c),
+                    "child_part": part[c],
+                }
+                for p, c in planted
+            ],
+        },
+    }
 
 
 def classification_vectors(

@@ -68,6 +68,25 @@ def slide_inference(
     return logits / counts
 
 
+def scored_label(label: np.ndarray, reduce_zero_label: bool = False) -> np.ndarray:
+    """Label ids as scored (int64): with ``reduce_zero_label`` 0 is ignored and the rest shift down."""
+    label = label.astype(np.int64)
+    if reduce_zero_label:
+        label = np.where(label == 0, IGNORE_INDEX, label - 1)
+        label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
+    return label
+
+
+def chance_miou(label_area: np.ndarray) -> float:
+    """The mIoU expected from labels drawn uniformly at random per pixel, given the
+    ground-truth area ``a_c`` of each of the K classes (N pixels in all): class c gets
+    intersection ``a_c / K`` and union ``a_c + N / K - a_c / K``; averaged over all K
+    classes (random labels predict every class, so every union is positive)."""
+    area = np.asarray(label_area, dtype=np.float64)
+    k, n = len(area), area.sum()
+    return float(np.mean((area / k) / (area + n / k - area / k)))
+
+
 def intersect_and_union(
     prediction: np.ndarray,
     label: np.ndarray,
@@ -76,10 +95,7 @@ def intersect_and_union(
     reduce_zero_label: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-class intersection and union areas of one image (mmseg semantics)."""
-    label = label.astype(np.int64)
-    if reduce_zero_label:
-        label = np.where(label == 0, IGNORE_INDEX, label - 1)
-        label[label == IGNORE_INDEX - 1] = IGNORE_INDEX
+    label = scored_label(label, reduce_zero_label)
     valid = label != ignore_index
     prediction, label = prediction[valid].astype(np.int64), label[valid]
     hits = prediction[prediction == label]
@@ -100,6 +116,7 @@ class IoUAccumulator:
         self.reduce_zero_label = reduce_zero_label
         self.intersect = np.zeros(num_classes, dtype=np.int64)
         self.union = np.zeros(num_classes, dtype=np.int64)
+        self.label_area = np.zeros(num_classes, dtype=np.int64)
         self.images = 0
 
     def add(self, prediction: np.ndarray, label: np.ndarray) -> None:
@@ -112,6 +129,9 @@ class IoUAccumulator:
         )
         self.intersect += intersect
         self.union += union
+        scored = scored_label(label, self.reduce_zero_label)
+        scored = scored[(scored != self.ignore_index) & (scored < self.num_classes)]
+        self.label_area += np.bincount(scored, minlength=self.num_classes)
         self.images += 1
 
     def iou(self) -> np.ndarray:

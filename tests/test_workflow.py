@@ -57,7 +57,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "cooccurrence": 1,
         "family_dag": 1,
         "name_concepts": 1,
-        "ovs": 8,
+        "ovs": 9,
         "ovs_table": 1,
         "interpretability": 1,
         "classification": 3,
@@ -66,6 +66,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "train_captioner": 2,
         "captioning_table": 1,
         "browser": 1,
+        "world_recovery": 1,
         "all": 1,
     }
 
@@ -190,7 +191,7 @@ def test_demo_names_concepts(demo_run):
     vocabulary = duckdb.sql(
         f"select term from '{demo_run}/results/vocabulary/terms.parquet'"
     ).fetchall()
-    assert ("red circle",) in vocabulary
+    assert ("car wheel",) in vocabulary and ("red car",) in vocabulary
     embeddings = duckdb.sql(
         f"select count(*), count(distinct term), list(distinct pos order by pos) from '{demo_run}/results/vocabulary/embeddings.parquet'"
     ).fetchall()[0]
@@ -214,23 +215,57 @@ def test_demo_ovs_table(demo_run):
 
     with open(demo_run / "results/ovs_table.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0][0] == "method" and {"voc", "voc20", "ade20k"} <= set(rows[0])
+    assert rows[0][0] == "method" and {"world", "voc", "ade20k"} <= set(rows[0])
     assert [r[0] for r in rows[1:]] == ["clip_dinoiser", "insight", "insight_thresholded"]
     column = {name: i for i, name in enumerate(rows[0])}
     for row in rows[1:]:
-        assert 0.0 <= float(row[column["voc"]]) <= 100.0 and row[column["ade20k"]] == "not run"
-    voc = json.loads((demo_run / "results/ovs/voc.json").read_text())
-    assert voc["images"] == 12 and len(voc["methods"]["insight"]["per_class_iou"]) == 21
+        assert 0.0 <= float(row[column["world"]]) <= 100.0 and row[column["ade20k"]] == "not run"
+    world = json.loads((demo_run / "results/ovs/world.json").read_text())
+    assert world["images"] == 12 and list(world["methods"]["insight"]["per_class_iou"]) == [
+        "sky", "grass", "sand", "water", "snow", "house", "tree", "car", "mushroom"
+    ]  # fmt: skip
     absent = json.loads((demo_run / "results/ovs/ade20k.json").read_text())
     assert absent["status"] == "not run" and "annotations/validation" in absent["reason"]
     assert (demo_run / "results/ovs_table.md").read_text().startswith("| method |")
-    predictions = sorted((demo_run / "results/ovs/voc/pred/insight").glob("*.png"))
+    predictions = sorted((demo_run / "results/ovs/world/pred/insight").glob("*.png"))
     assert len(predictions) == 12
-    explained = json.loads((demo_run / "results/ovs/voc/explain/explanations.json").read_text())
+    explained = json.loads((demo_run / "results/ovs/world/explain/explanations.json").read_text())
     assert len(explained) == 2 and all(
         len(e["concepts"]) == len(e["contributions"]) for e in explained.values()
     )
-    assert len(list((demo_run / "results/ovs/voc/explain").glob("*.png"))) == 2
+    assert len(list((demo_run / "results/ovs/world/explain").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_demo_world_is_segmented_far_above_chance(demo_run):
+    """Issue 12, acceptance 1: the world-trained CLIP segments held-out world scenes."""
+    world = json.loads((demo_run / "results/ovs/world.json").read_text())
+    chance = world["chance_miou"]
+    assert 0.0 < chance < 0.15
+    for method in ("clip_dinoiser", "insight", "insight_thresholded"):
+        assert world["methods"][method]["miou"] > 4 * chance, method
+
+
+@pytest.mark.slow
+def test_demo_concepts_recover_the_world(demo_run):
+    """Issue 12, acceptance 2: most of the most frequent concepts carry world words. The
+    recovery report counts the family edges that mirror the world's part-of structure
+    (acceptance 3, not met yet: see README); every edge it lists must be one."""
+    recovery = json.loads((demo_run / "results/demo/world_recovery.json").read_text())
+    naming = recovery["naming"]
+    assert naming["top_concepts"] == 20 and naming["world_named_fraction"] > 0.5
+    frequencies = [c["frequency"] for c in naming["concepts"]]
+    assert frequencies == sorted(frequencies, reverse=True)
+    families = recovery["families"]
+    assert families["planted_edges"] == len(families["examples"]) <= families["edges"]
+    for edge in families["examples"]:
+        assert edge["parent_object"] == {
+            "roof": "house", "wall": "house", "leaves": "tree", "trunk": "tree",
+            "body": "car", "wheel": "car", "cap": "mushroom", "stem": "mushroom",
+        }[edge["child_part"]]  # fmt: skip
+    training = json.loads((demo_run / "results/models/clip_training.json").read_text())
+    assert training["pairs"] == 1600
+    assert training["loss_per_epoch"][-1] < 0.5 * training["loss_per_epoch"][0]
 
 
 @pytest.mark.slow
@@ -253,17 +288,17 @@ def test_demo_classification_table(demo_run):
 
     with open(demo_run / "results/classification_table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    shapes = {r["method"]: r for r in rows if r["dataset"] == "shapes"}
-    assert set(shapes) == {"insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"}
-    assert all(0 <= float(r["top1"]) <= 1 for r in shapes.values())
-    result = json.loads((demo_run / "results/classification/shapes.json").read_text())
+    objects = {r["method"]: r for r in rows if r["dataset"] == "objects"}
+    assert set(objects) == {"insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"}
+    assert all(0 <= float(r["top1"]) <= 1 for r in objects.values())
+    result = json.loads((demo_run / "results/classification/objects.json").read_text())
     for explanation in result["explanations"].values():
         contributions = explanation["contributions"]
         assert contributions == sorted(contributions, reverse=True)
         for share, contribution in zip(explanation["shares"], contributions, strict=True):
             assert share == pytest.approx(contribution / explanation["logit"])
         assert explanation["class"] in result["classes"]
-        figure = demo_run / "results/classification/shapes/explanations" / explanation["figure"]
+        figure = demo_run / "results/classification/objects/explanations" / explanation["figure"]
         with Image.open(figure) as png:  # image + one heatmap per top concept
             assert png.format == "PNG" and png.width > 5 * png.height
 
@@ -274,7 +309,7 @@ def test_insight_explain_writes_png_and_json_whose_shares_sum_to_one(demo_run):
     import sys
 
     image = demo_run / "results/demo/images/jpeg/scene_00001.jpg"
-    for label in ([], ["--label", "red circle"]):
+    for label in ([], ["--label", "red car"]):
         result = subprocess.run(
             [sys.executable, "-m", "insight.cli", "explain", str(image), *label]
             + ["--configfile", "config/demo.yaml", "--out", "explained"],
@@ -288,7 +323,7 @@ def test_insight_explain_writes_png_and_json_whose_shares_sum_to_one(demo_run):
         items = [*explanation["concepts"], explanation["other_concepts"], explanation["bias"]]
         assert sum(item["contribution"] for item in items) == pytest.approx(explanation["score"])
         assert sum(item["share"] for item in items) == pytest.approx(1.0)
-        assert label == [] or explanation["label"] == "red circle"
+        assert label == [] or explanation["label"] == "red car"
         with Image.open(demo_run / "explained/scene_00001.png") as png:
             assert png.format == "PNG"
 

@@ -1,6 +1,7 @@
 rule caption_tokens:
     """Pooled 8x8 tokens of every Karpathy split: backbone and SAE reconstruction (B.6)."""
     input:
+        weights=backbone_weights,
         sae="results/models/sae.safetensors",
         dinoiser=dinoiser_weights,
         data=captioning_data,

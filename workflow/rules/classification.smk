@@ -1,6 +1,7 @@
 rule classification:
     """Probes on INSIGHT concepts and on CLIP, and zero-shot CLIP, for one dataset (App. B.5)."""
     input:
+        weights=backbone_weights,
         sae="results/models/sae.safetensors",
         dinoiser=dinoiser_weights,
         root=classification_root,

@@ -16,6 +16,7 @@ DEMO_VOC = "results/demo/voc/VOC2012"
 DEMO_PARTS = "results/demo/parts"
 DEMO_IMAGEFOLDER = "results/demo/imagefolder"
 DEMO_CAPTIONS = "results/demo/captions"
+DEMO_CLIP_PAIRS = "results/demo/clip_pairs"
 ENV = "../../envs/insight.yaml"
 SOURCE_LAYOUTS = {
     "folder": "a folder of image files (recursive)",
@@ -28,6 +29,46 @@ def code_version(*modules):
     """Hash of the insight modules a stage runs (and their imports): a param, so editing
     the library reruns exactly the stages that use the edited code."""
     return source_digest(*modules)
+
+
+def backbone_weights(wildcards=None):
+    """The backbone's local checkpoint as an input of every model job: the file rule
+    train_clip writes (clip_training.pairs set) or an existing one (a missing file is
+    left to the job, whose error names what to download)."""
+    path = config["backbone"]["checkpoint"]
+    if path and (config["clip_training"]["pairs"] or Path(path).exists()):
+        return [path]
+    return []
+
+
+def clip_pairs(wildcards=None):
+    """The pairs CSV of clip_training (the demo's generated folder, or a file that must exist)."""
+    pairs = config["clip_training"]["pairs"]
+    if not config["backbone"]["checkpoint"]:
+        raise WorkflowError(
+            "clip_training.pairs is set: set backbone.checkpoint to the file it should write"
+        )
+    if Path(pairs).is_relative_to(DEMO_CLIP_PAIRS):
+        return [DEMO_CLIP_PAIRS]
+    if not Path(pairs).is_file():
+        raise WorkflowError(
+            f"clip_training.pairs: {pairs} does not exist (a CSV with columns path and caption)"
+        )
+    return [pairs]
+
+
+def check_ovs_benchmarks():
+    from insight.ovs_datasets import DATASETS
+
+    for name in config["ovs"]["datasets"]:
+        if name not in DATASETS and name not in config["ovs"]["custom"]:
+            raise WorkflowError(
+                f"ovs.datasets.{name}: not a built-in benchmark ({', '.join(sorted(DATASETS))}) "
+                "and not defined under ovs.custom"
+            )
+
+
+check_ovs_benchmarks()
 
 
 def dataset_config(name):
@@ -206,4 +247,12 @@ def all_targets():
         targets.append("results/captioning_table.csv")
     if config["browser"]["enabled"]:
         targets.append("results/browser")
+    if demo_world():
+        targets.append("results/demo/world_recovery.json")
     return targets
+
+
+def demo_world():
+    """The demo trains its CLIP on the generated world (then the recovery report runs)."""
+    pairs = config["clip_training"]["pairs"]
+    return bool(pairs) and Path(pairs).is_relative_to(DEMO_CLIP_PAIRS)

@@ -78,3 +78,44 @@ rule demo_captions:
         code=code_version("insight.demo"),
     script:
         "../scripts/demo_captions.py"
+
+
+rule demo_clip_pairs:
+    """Generate world scenes and close-ups with captions to train the demo's CLIP on."""
+    output:
+        directory(DEMO_CLIP_PAIRS),
+    log:
+        "logs/demo_clip_pairs.log",
+    conda:
+        ENV
+    params:
+        scenes=config["demo"]["clip_scenes"],
+        seed=config["demo"]["seed"] + 6,
+        code=code_version("insight.demo"),
+    script:
+        "../scripts/demo_clip_pairs.py"
+
+
+rule world_recovery:
+    """What the demo's concepts recovered of the world: world-word names, planted families."""
+    input:
+        weights=backbone_weights,
+        parts=DEMO_PARTS,
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        families="results/hierarchy/families.parquet",
+        names="results/naming/names.parquet",
+    output:
+        "results/demo/world_recovery.json",
+    log:
+        "logs/world_recovery.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        code=code_version("insight.world"),
+    script:
+        "../scripts/world_recovery.py"

@@ -20,6 +20,7 @@ checkpoint index_images:
 rule train_dinoiser:
     """Train the 3x3 conv g against binarised DINO affinities (Eq. 2, B.2)."""
     input:
+        weights=backbone_weights,
         index=lambda wc: f"results/images/{dinoiser_dataset()}/index.parquet",
     output:
         weights="results/models/dinoiser.safetensors",
@@ -45,6 +46,7 @@ rule train_dinoiser:
 rule extract_features:
     """DINOised MaskCLIP patch features of one shard of images (Eq. 1)."""
     input:
+        weights=backbone_weights,
         index="results/images/{dataset}/index.parquet",
         dinoiser=dinoiser_weights,
     output:

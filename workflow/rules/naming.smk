@@ -18,6 +18,7 @@ rule vocabulary:
 rule embed_vocabulary:
     """Template-averaged text embeddings per part of speech (Eq. B.11) and a FAISS index."""
     input:
+        weights=backbone_weights,
         terms="results/vocabulary/terms.parquet",
         given=user_embeddings,
     output:

@@ -1,6 +1,7 @@
 rule ovs:
     """One benchmark: per-class IoU and mIoU of the three methods (absent data: 'not run')."""
     input:
+        weights=backbone_weights,
         sae="results/models/sae.safetensors",
         dinoiser=dinoiser_weights,
         root=ovs_root_input,

@@ -1,6 +1,7 @@
 rule browser:
     """The static concept browser: index, one page per concept, heatmap thumbnails."""
     input:
+        weights=backbone_weights,
         names="results/naming/names.parquet",
         families="results/hierarchy/families.parquet",
         concepts=lambda wc: concept_shards(browser_dataset()),

@@ -1,0 +1,134 @@
+"""Contrastive training of a (tiny) open_clip model on image/caption pairs (issue 12).
+
+The offline demo trains ``insight-tiny-ViT-B-16`` on the generated world so that every
+later stage runs on a model that has learned something. It is plain CLIP training
+(Radford et al. 2021) through open_clip itself: the model comes from
+``open_clip.create_model_and_transforms`` (the same code path as a real checkpoint),
+the loss is open_clip's symmetric InfoNCE :class:`open_clip.ClipLoss` with the learnable
+temperature, the optimiser AdamW with a linear warm-up and cosine decay. The weights
+are saved as safetensors, which ``backbone.checkpoint`` loads like any local checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from insight.backbone import BackboneSpec, load_clip
+from insight.io import save_safetensors
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2.0e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+
+
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_clip(
+    spec: BackboneSpec,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    config: ClipTrainConfig,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train the open_clip model of ``spec`` (from its initial weights) on ``images``
+    (N, 3, H, W) uint8 at the model's input size and their ``captions``.
+
+    Returns the model (eval mode) and metrics: the loss per epoch and the final
+    image->text retrieval accuracy on the training batches (a sanity check, not a
+    benchmark). Deterministic for a given seed on one thread count.
+    """
+    import open_clip
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if len(images) < config.batch_size:
+        raise ValueError(f"need at least batch_size={config.batch_size} pairs, got {len(images)}")
+    model, preprocess, tokenizer = load_clip(spec, device)
+    model.train().requires_grad_(True)
+    normalize = next(t for t in preprocess.transforms if hasattr(t, "mean"))
+    mean = torch.tensor(normalize.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(normalize.std, device=device).view(1, 3, 1, 1)
+    tokens = tokenizer(list(captions)).to(device)
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    steps_per_epoch = len(images) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: cosine_schedule(step, total, config.warmup_steps)
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    losses, correct, seen = [], 0, 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(images), generator=generator)
+        epoch_loss, correct, seen = 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            pixels = (images[batch].to(device).float() / 255.0 - mean) / std
+            image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+                matches = (image_features @ text_features.T).argmax(1)
+                correct += int((matches.cpu() == torch.arange(len(batch))).sum())
+                seen += len(batch)
+            epoch_loss += loss.item()
+        losses.append(epoch_loss / steps_per_epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    model.eval().requires_grad_(False)
+    metrics = {
+        "pairs": len(images),
+        "epochs": config.epochs,
+        "loss_per_epoch": losses,
+        "final_batch_retrieval_accuracy": correct / max(seen, 1),
+        "logit_scale": float(model.logit_scale.exp()),
+    }
+    return model, metrics
+
+
+def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+    """The model's state dict as safetensors (``backbone.checkpoint`` loads it)."""
+    state = {k: v for k, v in model.state_dict().items()}
+    save_safetensors(state, path, metadata)
+
+
+def images_to_tensor(images: Sequence, size: int) -> torch.Tensor:
+    """PIL images, resized to ``size`` squared, as one uint8 tensor (N, 3, size, size)."""
+    from PIL import Image
+
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+        for im in images
+    ]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,24 @@
+if config["clip_training"]["pairs"]:
+
+    rule train_clip:
+        """Train backbone.model contrastively from scratch on image/caption pairs (the demo)."""
+        input:
+            clip_pairs,
+        output:
+            weights=config["backbone"]["checkpoint"],
+            metrics="results/models/clip_training.json",
+        log:
+            "logs/train_clip.log",
+        conda:
+            ENV
+        threads: 2
+        resources:
+            gpu=config["resources"]["gpus"],
+        params:
+            pairs=config["clip_training"]["pairs"],
+            training=config["clip_training"],
+            backbone=config["backbone"],
+            device=config["device"],
+            code=code_version("insight.clip_training"),
+        script:
+            "../scripts/train_clip.py"

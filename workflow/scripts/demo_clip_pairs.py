@@ -1,0 +1,10 @@
+"""Rule demo_clip_pairs: world scenes and close-ups with captions (CLIP training pairs)."""
+
+from insight.demo import make_clip_pairs
+from insight.io import atomic_dir
+from insight.logs import setup_logging
+
+log = setup_logging(snakemake.log[0])
+with atomic_dir(snakemake.output[0]) as tmp:
+    make_clip_pairs(tmp, snakemake.params.scenes, seed=snakemake.params.seed)
+log.info("wrote %d scenes and %d close-ups", snakemake.params.scenes, snakemake.params.scenes)

@@ -1,0 +1,31 @@
+"""Rule world_recovery: names and families of the demo's concepts against the world's truth."""
+
+import torch
+
+from insight.io import write_json
+from insight.logs import setup_logging
+from insight.pipeline import backbone_spec, world_recovery
+from insight.runtime import resolve_device
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+result = world_recovery(
+    snakemake.input.parts,
+    backbone_spec(snakemake.params.backbone),
+    snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
+    snakemake.params.gamma,
+    snakemake.input.sae,
+    snakemake.input.families,
+    snakemake.input.names,
+    resolve_device(snakemake.params.device),
+)
+log.info(
+    "%d of the %d most frequent concepts named with world words; %d of %d family edges "
+    "mirror a part-of relation (%.1f with shuffled parents)",
+    result["naming"]["world_named"],
+    result["naming"]["top_concepts"],
+    result["families"]["planted_edges"],
+    result["families"]["edges"],
+    result["families"]["planted_edges_shuffled_parents"],
+)
+write_json(result, snakemake.output[0])
