@@ -119,8 +119,7 @@ def train_clip(
 
 def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
     """The model's state dict as safetensors (``backbone.checkpoint`` loads it)."""
-    state = {k: v for k, v in model.state_dict().items()}
-    save_safetensors(state, path, metadata)
+    save_safetensors(model.state_dict(), path, metadata)
 
 
 def images_to_tensor(images: Sequence, size: int) -> torch.Tensor:

@@ -115,9 +115,9 @@ def train_clip_from_pairs(
 ) -> dict:
     """Train ``spec.model`` from scratch on a CSV of (path, caption) pairs and save its
     weights (safetensors) for ``backbone.checkpoint``; returns the training metrics."""
+    import open_clip
     import pyarrow.csv as pcsv
 
-    from insight.backbone import image_size
     from insight.clip_training import ClipTrainConfig, images_to_tensor, save_clip, train_clip
 
     table = pcsv.read_csv(pairs_csv)
@@ -127,7 +127,7 @@ def train_clip_from_pairs(
     root = Path(pairs_csv).parent
     paths, captions = table["path"].to_pylist(), table["caption"].to_pylist()
     config = from_config(ClipTrainConfig, cfg)
-    size = image_size(load_clip(spec)[0].visual)[0]
+    size = open_clip.get_model_config(spec.model)["vision_cfg"]["image_size"]  # no model built
     images, bar = [], progress(len(paths), "load pairs", "img")
     for path in paths:
         with Image.open(root / path) as image:
