@@ -502,6 +502,17 @@ def evaluate_ovs(
     }
 
 
+def squashed_input(
+    image_path: str | Path, models: FrozenModels, device: torch.device
+) -> torch.Tensor:
+    """One image resized (squashed, bicubic) to the model's input size and normalised, as a
+    batch of one: its patch grid then maps onto the image's label map exactly."""
+    size = tuple(models.model.visual.image_size)
+    with Image.open(image_path) as image:
+        pixels = np.array(image.convert("RGB").resize(size[::-1], Image.BICUBIC), np.uint8)
+    return models.transform.batch(torch.from_numpy(pixels)[None], device)
+
+
 def interpretability_rows(
     datasets: dict[str, str],
     spec: BackboneSpec,
@@ -527,7 +538,6 @@ def interpretability_rows(
     models = load_frozen(spec, dinoiser_path, gamma, device)
     model, encoder = models.model, models.encoder
     sae = load_sae(sae_path).to(device)
-    size = tuple(model.visual.image_size)
     grid = tuple(model.visual.grid_size)
     rows = []
     for name, root in datasets.items():
@@ -550,11 +560,7 @@ def interpretability_rows(
         bar = progress(len(pairs), f"interpretability {name}", "img")
         for _, image_path, label_path in pairs:
             label_map = np.array(Image.open(label_path))
-            with Image.open(image_path) as image:
-                pixels = np.array(
-                    image.convert("RGB").resize(size[::-1], Image.BICUBIC), dtype=np.uint8
-                )
-            x = models.transform.batch(torch.from_numpy(pixels)[None], device)
+            x = squashed_input(image_path, models, device)
             with torch.no_grad():
                 patch_codes = sae.encode(encoder(x)[0]).cpu().numpy()
                 global_codes = sae.encode(model.visual(x)).cpu().numpy()
@@ -600,12 +606,9 @@ def world_recovery(
     pairs = part_pairs("partimagenet", parts_root)
     for _, image_path, label_path in pairs:
         part_map = np.array(Image.open(label_path).resize(size[::-1], Image.NEAREST))
-        with Image.open(image_path) as image:
-            pixels = np.array(image.convert("RGB").resize(size[::-1], Image.BICUBIC), np.uint8)
-        x = models.transform.batch(torch.from_numpy(pixels)[None], device)
         with torch.no_grad():
-            codes = sae.encode(models.encoder(x)[0]).cpu().numpy()
-        mass += world.label_mass(codes, world.patch_labels(part_map, grid))
+            codes = sae.encode(models.encoder(squashed_input(image_path, models, device))[0])
+        mass += world.label_mass(codes.cpu().numpy(), world.patch_labels(part_map, grid))
     part, obj = world.concept_labels(mass)
     names = pq.read_table(names_path, columns=["concept", "name", "frequency"]).to_pylist()
     frequent = sorted(
