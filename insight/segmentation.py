@@ -93,8 +93,8 @@ def intersect_and_union(
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
     reduce_zero_label: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class intersection and union areas of one image (mmseg semantics)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class intersection, union and ground-truth areas of one image (mmseg semantics)."""
     label = scored_label(label, reduce_zero_label)
     valid = label != ignore_index
     prediction, label = prediction[valid].astype(np.int64), label[valid]
@@ -102,7 +102,7 @@ def intersect_and_union(
     intersect = np.bincount(hits, minlength=num_classes)[:num_classes]
     area_prediction = np.bincount(prediction, minlength=num_classes)[:num_classes]
     area_label = np.bincount(label, minlength=num_classes)[:num_classes]
-    return intersect, area_prediction + area_label - intersect
+    return intersect, area_prediction + area_label - intersect, area_label
 
 
 class IoUAccumulator:
@@ -124,14 +124,12 @@ class IoUAccumulator:
             raise ValueError(
                 f"prediction {prediction.shape} and label {label.shape} differ in size"
             )
-        intersect, union = intersect_and_union(
+        intersect, union, label_area = intersect_and_union(
             prediction, label, self.num_classes, self.ignore_index, self.reduce_zero_label
         )
         self.intersect += intersect
         self.union += union
-        scored = scored_label(label, self.reduce_zero_label)
-        scored = scored[(scored != self.ignore_index) & (scored < self.num_classes)]
-        self.label_area += np.bincount(scored, minlength=self.num_classes)
+        self.label_area += label_area
         self.images += 1
 
     def iou(self) -> np.ndarray:

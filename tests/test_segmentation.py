@@ -3,7 +3,13 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from insight.segmentation import IoUAccumulator, imagenet_prompts, protocol_size, slide_inference
+from insight.segmentation import (
+    IoUAccumulator,
+    chance_miou,
+    imagenet_prompts,
+    protocol_size,
+    slide_inference,
+)
 
 
 def reference_miou(pairs, num_classes, reduce_zero_label=False):
@@ -55,6 +61,16 @@ def test_absent_classes_are_excluded_from_the_mean():
     iou = acc.iou()
     assert iou[0] == 0.5 and iou[1] == 0.5 and np.isnan(iou[2]) and np.isnan(iou[3])
     assert acc.miou() == pytest.approx(0.5)
+
+
+def test_label_area_and_chance_miou_by_hand():
+    acc = IoUAccumulator(3, reduce_zero_label=True)
+    # labels 0 and 255 are ignored; 1, 2, 3 become classes 0, 1, 2
+    acc.add(np.zeros((2, 3), dtype=np.int64), np.array([[0, 1, 1], [2, 255, 1]]))
+    assert acc.label_area.tolist() == [3, 1, 0]
+    # K = 3 classes, N = 4 pixels: class c gets a_c / 3 over a_c + 4/3 - a_c / 3
+    expected = np.mean([1 / (3 + 4 / 3 - 1), (1 / 3) / (1 + 4 / 3 - 1 / 3), 0.0])
+    assert chance_miou(acc.label_area) == pytest.approx(expected)
 
 
 def test_sliding_window_equals_whole_image_when_it_fits_one_window():
