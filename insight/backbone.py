@@ -141,20 +141,28 @@ def last_block_input(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
     return x, grid
 
 
+QKV = (
+    "query",
+    "key",
+    "value",
+)  # the order of the packed in-projection (nn.MultiheadAttention, timm)
+
+
+def block_projection(block: nn.Module, tokens: torch.Tensor, which: str) -> torch.Tensor:
+    """``W ln_1(x) + b`` for one of the block's attention projections (``which`` in
+    :data:`QKV`), per token: ``(B, N, width)`` -> ``(B, N, width)``."""
+    attn: nn.MultiheadAttention = block.attn
+    width = tokens.shape[-1]
+    rows = slice(QKV.index(which) * width, (QKV.index(which) + 1) * width)
+    return F.linear(block.ln_1(tokens), attn.in_proj_weight[rows], attn.in_proj_bias[rows])
+
+
 def last_block_projection(visual: nn.Module, images: torch.Tensor, which: str) -> torch.Tensor:
     """The last block's ``query``, ``key`` or ``value`` projection of every patch token,
     ``(B, width, h, w)``: what a DINO teacher's affinities are computed from."""
     x, grid = last_block_input(visual, images)
-    attn: nn.MultiheadAttention = visual.transformer.resblocks[-1].attn
-    width = x.shape[-1]
-    index = {"query": 0, "key": 1, "value": 2}[which]
-    rows = slice(index * width, (index + 1) * width)
-    out = F.linear(
-        visual.transformer.resblocks[-1].ln_1(x[:, 1:]),
-        attn.in_proj_weight[rows],
-        attn.in_proj_bias[rows],
-    )
-    return out.transpose(1, 2).reshape(x.shape[0], width, *grid)
+    out = block_projection(visual.transformer.resblocks[-1], x[:, 1:], which)
+    return out.transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
 
 def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -168,10 +176,7 @@ def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x, grid = last_block_input(visual, images)
     x = x[:, 1:]  # the value path is per token: the class token no longer matters
     last = visual.transformer.resblocks[-1]
-    attn: nn.MultiheadAttention = last.attn
-    width = x.shape[-1]
-    value = F.linear(last.ln_1(x), attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])
-    x = x + last.ls_1(attn.out_proj(value))
+    x = x + last.ls_1(last.attn.out_proj(block_projection(last, x, "value")))
     x = x + last.ls_2(last.mlp(last.ln_2(x)))
     x = visual.ln_post(x)
     if visual.proj is not None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from insight.backbone import MissingWeightsError
+from insight.backbone import QKV, MissingWeightsError, last_block_projection
 from insight.io import load_safetensors, save_safetensors
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -130,8 +130,6 @@ def clip_teacher_affinity(
     visual: nn.Module, clip_images: torch.Tensor, features: str = "key"
 ) -> torch.Tensor:
     """Cosine affinities ``(B, N, N)`` of the backbone's own last-block q/k/v features."""
-    from insight.backbone import last_block_projection
-
     return cosine_affinity(last_block_projection(visual, clip_images, features))
 
 
@@ -167,7 +165,7 @@ def teacher_affinity(
         hook.remove()
     qkv = captured[0]
     batch, tokens, three_c = qkv.shape
-    which = {"query": 0, "key": 1, "value": 2}[features]
+    which = QKV.index(features)
     feats = qkv.reshape(batch, tokens, 3, three_c // 3)[:, teacher.num_prefix_tokens :, which]
     grid = teacher.patch_embed.grid_size
     return cosine_affinity(feats.transpose(1, 2).reshape(batch, -1, grid[0], grid[1]))

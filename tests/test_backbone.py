@@ -1,7 +1,15 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from insight.backbone import BackboneSpec, MissingWeightsError, load_clip, maskclip_features
+from insight.backbone import (
+    QKV,
+    BackboneSpec,
+    MissingWeightsError,
+    last_block_projection,
+    load_clip,
+    maskclip_features,
+)
 
 
 def independent_maskclip(visual, images):
@@ -34,6 +42,25 @@ def test_maskclip_differs_from_normal_attention(tiny_clip):
     normal = visual._pool(visual.transformer(visual._embeds(images)))[1] @ visual.proj
     dense = maskclip_features(visual, images).flatten(2).transpose(1, 2)
     assert not torch.allclose(dense, normal, atol=1e-3)
+
+
+@pytest.mark.parametrize("which", QKV)
+def test_last_block_projection_is_what_open_clip_feeds_its_last_attention(tiny_clip, which):
+    visual = tiny_clip[0].visual
+    images = torch.randn(2, 3, 224, 224)
+    attn = visual.transformer.resblocks[-1].attn
+    captured = []
+    hook = attn.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        visual(images)
+    finally:
+        hook.remove()
+    tokens = captured[0] if attn.batch_first else captured[0].transpose(0, 1)
+    packed = F.linear(tokens, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    expected = packed[QKV.index(which)][:, 1:]  # (B, N, width), class token dropped
+    projection = last_block_projection(visual, images, which)
+    assert projection.shape == (2, expected.shape[-1], 14, 14)
+    torch.testing.assert_close(projection.flatten(2).transpose(1, 2), expected)
 
 
 def test_other_input_size_interpolates_positions(tiny_clip):
