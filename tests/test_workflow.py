@@ -107,6 +107,16 @@ def test_missing_dataset_names_the_layout(demo_run):
 
 
 @pytest.mark.slow
+def test_unknown_ovs_benchmark_fails_before_any_job_naming_the_key(demo_run):
+    (demo_run / "unknown_ovs.yaml").write_text("ovs:\n  datasets:\n    pascal: /data/voc\n")
+    result = snakemake(demo_run, *DEMO, "unknown_ovs.yaml", "-n", check=False)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert "ovs.datasets.pascal: unknown OVS benchmark 'pascal'" in output
+    assert "define others under ovs.custom" in output
+
+
+@pytest.mark.slow
 def test_demo_sae_and_concepts_match_the_contract(demo_run):
     from safetensors import safe_open
 
