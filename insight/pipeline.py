@@ -610,11 +610,13 @@ def world_recovery(
             codes = sae.encode(models.encoder(squashed_input(image_path, models, device))[0])
         mass += world.label_mass(codes.cpu().numpy(), world.patch_labels(part_map, grid))
     part, obj = world.concept_labels(mass)
-    names = pq.read_table(names_path, columns=["concept", "name", "frequency"]).to_pylist()
+    names = pq.read_table(names_path, columns=["concept", "name", "frequency"])
     frequent = sorted(
-        (r for r in names if r["frequency"] > 0), key=lambda r: (-r["frequency"], r["concept"])
+        (r for r in names.to_pylist() if r["frequency"] > 0),
+        key=lambda r: (-r["frequency"], r["concept"]),
     )[:top_concepts]
-    name_of = {r["concept"]: r["name"] for r in names}
+    world_named = [world.is_world_name(r["name"]) for r in frequent]
+    name_of = concept_names(names)
     graph = load_families(families_path)
     edges = sorted(graph.edges)
     planted = world.planted_edges(edges, part, obj)
@@ -622,12 +624,8 @@ def world_recovery(
         "images": len(pairs),
         "naming": {
             "top_concepts": len(frequent),
-            "world_named": sum(world.is_world_name(r["name"]) for r in frequent),
-            "world_named_fraction": float(
-                np.mean([world.is_world_name(r["name"]) for r in frequent])
-            )
-            if frequent
-            else 0.0,
+            "world_named": sum(world_named),
+            "world_named_fraction": float(np.mean(world_named)) if world_named else 0.0,
             "concepts": [
                 {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in frequent
             ],
