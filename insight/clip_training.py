@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from insight.backbone import BackboneSpec, load_clip
+from insight.features import BatchTransform
 from insight.io import save_safetensors
 
 
@@ -50,7 +51,8 @@ def train_clip(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train the open_clip model of ``spec`` (from its initial weights) on ``images``
-    (N, 3, H, W) uint8 at the model's input size and their ``captions``.
+    (N, H, W, 3) uint8 at the model's input size and their ``captions``; batches are
+    normalised by the model's own transform (:class:`insight.features.BatchTransform`).
 
     Returns the model (eval mode) and metrics: the loss per epoch and the final
     image->text retrieval accuracy on the training batches (a sanity check, not a
@@ -64,9 +66,7 @@ def train_clip(
         raise ValueError(f"need at least batch_size={config.batch_size} pairs, got {len(images)}")
     model, preprocess, tokenizer = load_clip(spec, device)
     model.train().requires_grad_(True)
-    normalize = next(t for t in preprocess.transforms if hasattr(t, "mean"))
-    mean = torch.tensor(normalize.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(normalize.std, device=device).view(1, 3, 1, 1)
+    transform = BatchTransform(preprocess)
     tokens = tokenizer(list(captions)).to(device)
     loss_fn = open_clip.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -90,7 +90,7 @@ def train_clip(
         epoch_loss, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            pixels = (images[batch].to(device).float() / 255.0 - mean) / std
+            pixels = transform.batch(images[batch], device)
             image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
             optimiser.zero_grad(set_to_none=True)
@@ -123,11 +123,11 @@ def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) ->
 
 
 def images_to_tensor(images: Sequence, size: int) -> torch.Tensor:
-    """PIL images, resized to ``size`` squared, as one uint8 tensor (N, 3, size, size)."""
+    """PIL images, resized to ``size`` squared, as one uint8 tensor (N, size, size, 3)."""
     from PIL import Image
 
     arrays = [
         np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
         for im in images
     ]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(arrays))

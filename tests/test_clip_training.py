@@ -19,9 +19,9 @@ def test_cosine_schedule_by_hand():
 
 
 def colour_pairs(n: int) -> tuple[torch.Tensor, list[str]]:
-    images = torch.zeros(n, 3, 224, 224, dtype=torch.uint8)
-    images[: n // 2, 0] = 220  # red
-    images[n // 2 :, 2] = 220  # blue
+    images = torch.zeros(n, 224, 224, 3, dtype=torch.uint8)
+    images[: n // 2, ..., 0] = 220  # red
+    images[n // 2 :, ..., 2] = 220  # blue
     images += torch.randint(0, 30, images.shape, generator=torch.Generator().manual_seed(0)).to(
         torch.uint8
     )
@@ -39,7 +39,7 @@ def test_training_aligns_images_with_their_captions_and_reloads_from_the_checkpo
 
     _, preprocess, tokenizer = load_clip(TINY)
     normalize = preprocess.transforms[-1]
-    probe = normalize(images[[0, -1]].float() / 255.0)
+    probe = normalize(images[[0, -1]].permute(0, 3, 1, 2).float() / 255.0)
     with torch.no_grad():
         image_embedding = F.normalize(model.encode_image(probe), dim=-1)
         text_embedding = F.normalize(
