@@ -148,3 +148,52 @@ def test_clip_pairs_csv_lists_scene_and_close_up_per_scene(tmp_path):
     ]
     assert all((tmp_path / r["path"]).is_file() and r["caption"] for r in rows)
     assert " on " in rows[0]["caption"]
+
+
+def test_ideal_concepts_give_planted_family_edges_through_eq5():
+    """The recovery count end to end on ideal concepts: one concept per object active on
+    all its patches (activation 2), one per part on its patches (1), one on the background.
+    Eq. 5 gives D[part, its object] = 1 and nothing else >= 0.75, so the family DAG holds
+    exactly the 8 object -> part edges. An object concept's dominant part (by mass) is
+    its larger part, so only the 4 edges to the smaller parts count as planted (the
+    others look like same-part specialisations): the count is a lower bound. Shuffling
+    the parents leaves about one."""
+    from insight.hierarchy import (
+        CooccurrencePartial,
+        accumulate_patches,
+        cooccurrence_table,
+        family_dag,
+        totals_table,
+    )
+
+    rng = np.random.default_rng(3)
+    labels = np.concatenate(
+        [world.patch_labels(world.draw_scene(rng).parts, (14, 14)) for _ in range(24)]
+    )
+    background = len(world.PARTS)
+    object_concept = {o: 1 + i for i, o in enumerate(world.OBJECTS)}
+    part_concept = {p: 1 + len(world.OBJECTS) + i for i, p in enumerate(world.PARTS)}
+    m = 1 + len(world.OBJECTS) + len(world.PARTS)
+    codes = np.zeros((len(labels), m))
+    codes[labels == background, 0] = 1.0
+    for part, concept in part_concept.items():
+        at_part = labels == world.PARTS.index(part)
+        codes[at_part, concept] = 1.0
+        codes[at_part, object_concept[world.PART_OF[part]]] = 2.0
+    patch, concept = np.nonzero(codes)
+    partial = CooccurrencePartial.zeros(m)
+    accumulate_patches(partial, patch, concept, codes[patch, concept])
+    graph, _ = family_dag(cooccurrence_table(partial, 0.05), totals_table(partial))
+    edges = sorted(graph.edges)
+    assert edges == sorted((object_concept[world.PART_OF[p]], c) for p, c in part_concept.items())
+
+    part, obj = world.concept_labels(world.label_mass(codes, labels))
+    area = np.bincount(labels, minlength=len(world.LABELS))
+    smaller = [
+        min(parts, key=lambda p: area[world.PARTS.index(p)])
+        for parts in world.OBJECT_PARTS.values()
+    ]
+    assert world.planted_edges(edges, part, obj) == sorted(
+        (object_concept[world.PART_OF[p]], part_concept[p]) for p in smaller
+    )
+    assert world.shuffled_planted_edges(edges, part, obj) < 2
