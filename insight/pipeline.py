@@ -209,27 +209,38 @@ class FrozenModels:
     transform: BatchTransform
 
 
-def load_frozen(
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
-    device: torch.device,
-    precision: str = "fp32",
-) -> FrozenModels:
-    """Load CLIP and the DINOiser once; the visual weights are cast to ``precision``."""
-    model, preprocess, tokenizer = load_clip(spec, device)
-    dinoiser = load_dinoiser(dinoiser_path).to(device) if dinoiser_path else None
-    encoder = DenseEncoder(model.visual, dinoiser, gamma, precision).to(device).eval()
-    return FrozenModels(model, tokenizer, encoder, BatchTransform(preprocess))
+@dataclasses.dataclass(frozen=True)
+class FrozenSpec:
+    """What :func:`load_frozen` loads: the CLIP backbone, the DINOiser weights (None: plain
+    MaskCLIP features), the guided-pooling threshold gamma (Eq. 1) and the precision the
+    visual weights are cast to."""
+
+    backbone: BackboneSpec
+    dinoiser_path: str | Path | None
+    gamma: float
+    precision: str = "fp32"
+
+
+def frozen_spec(
+    backbone: dict, dinoiser: Sequence[str | Path], gamma: float, precision: str = "fp32"
+) -> FrozenSpec:
+    """A :class:`FrozenSpec` from the ``backbone`` config section and a model job's
+    ``dinoiser`` input (empty when the DINOiser is disabled, else its one weights file)."""
+    return FrozenSpec(backbone_spec(backbone), dinoiser[0] if dinoiser else None, gamma, precision)
+
+
+def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:
+    """Load CLIP and the DINOiser once; the visual weights are cast to ``frozen.precision``."""
+    model, preprocess, tokenizer = load_clip(frozen.backbone, device)
+    dinoiser = load_dinoiser(frozen.dinoiser_path).to(device) if frozen.dinoiser_path else None
+    encoder = DenseEncoder(model.visual, dinoiser, frozen.gamma, frozen.precision)
+    return FrozenModels(model, tokenizer, encoder.to(device).eval(), BatchTransform(preprocess))
 
 
 def extract_shard_from_index(
     index: pa.Table,
     shard: int,
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
-    precision: str,
+    frozen: FrozenSpec,
     config: ExtractConfig,
     device: torch.device,
     out_path: str | Path,
@@ -239,7 +250,7 @@ def extract_shard_from_index(
     refs = refs_of_shard(index, shard)
     if not refs:
         raise ValueError(f"shard {shard} is empty in the image index")
-    models = load_frozen(spec, dinoiser_path, gamma, device, precision)
+    models = load_frozen(frozen, device)
     bar = progress(len(refs), f"features shard {shard:05d}", "img")
     stats = extract_shard(
         models.encoder,
@@ -247,7 +258,7 @@ def extract_shard_from_index(
         refs,
         out_path,
         rejected_path,
-        spec.name,
+        frozen.backbone.name,
         config,
         device,
         bar.update,
@@ -443,10 +454,7 @@ def name_concepts(
 def evaluate_ovs(
     name: str,
     root: str | Path,
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
-    precision: str,
+    frozen: FrozenSpec,
     sae_path: str | Path,
     cfg: dict,
     cache_dir: str | Path,
@@ -460,9 +468,11 @@ def evaluate_ovs(
     dataset = benchmark(name, cfg.get("custom"))
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     config = from_config(OVSConfig, cfg)
-    models = load_frozen(spec, dinoiser_path, gamma, device, precision)
+    models = load_frozen(frozen, device)
     encoder, transform = models.encoder, models.transform
-    text_encoder = cached_text_encoder(models.model, models.tokenizer, spec, cache_dir, device)
+    text_encoder = cached_text_encoder(
+        models.model, models.tokenizer, frozen.backbone, cache_dir, device
+    )
     classes = scored_classes(dataset, config)
     text = torch.from_numpy(class_text_embeddings(classes, text_encoder.encode)).to(device)
     sae = load_sae(sae_path).to(device)
@@ -515,9 +525,7 @@ def squashed_input(
 
 def interpretability_rows(
     datasets: dict[str, str],
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
+    frozen: FrozenSpec,
     sae_path: str | Path,
     cfg: dict,
     device: torch.device,
@@ -535,7 +543,7 @@ def interpretability_rows(
         part_pairs,
     )
 
-    models = load_frozen(spec, dinoiser_path, gamma, device)
+    models = load_frozen(frozen, device)
     model, encoder = models.model, models.encoder
     sae = load_sae(sae_path).to(device)
     grid = tuple(model.visual.grid_size)
@@ -581,9 +589,7 @@ def interpretability_rows(
 
 def world_recovery(
     parts_root: str | Path,
-    spec: BackboneSpec,
-    dinoiser_path: str | Path | None,
-    gamma: float,
+    frozen: FrozenSpec,
     sae_path: str | Path,
     families_path: str | Path,
     names_path: str | Path,
@@ -598,7 +604,7 @@ def world_recovery(
     from insight.hierarchy import load_families
     from insight.interpretability import part_pairs
 
-    models = load_frozen(spec, dinoiser_path, gamma, device)
+    models = load_frozen(frozen, device)
     sae = load_sae(sae_path).to(device)
     size = tuple(models.model.visual.image_size)
     grid = tuple(models.model.visual.grid_size)
@@ -866,7 +872,9 @@ def load_trained_run(
         results=results,
         spec=spec,
         device=device,
-        models=load_frozen(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"], device),
+        models=load_frozen(
+            FrozenSpec(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"]), device
+        ),
         sae=load_sae(needed["sae"]).to(device),
         names=pq.read_table(needed["names"], columns=["concept", "name"]),
         families=pq.read_table(families) if families.exists() else None,

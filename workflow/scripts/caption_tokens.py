@@ -4,16 +4,16 @@ import torch
 
 from insight.io import save_safetensors, write_json
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, caption_tokens, load_frozen
+from insight.pipeline import caption_tokens, frozen_spec, load_frozen
 from insight.runtime import resolve_device
 from insight.sae import load_sae
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.cfg
-spec, device = backbone_spec(snakemake.params.backbone), resolve_device(snakemake.params.device)
-dinoiser = snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None
-models = load_frozen(spec, dinoiser, snakemake.params.gamma, device)
+frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)
+device = resolve_device(snakemake.params.device)
+models = load_frozen(frozen, device)
 sae = load_sae(snakemake.input.sae).to(device)
 tensors, captions = caption_tokens(cfg["split_file"], cfg["images_root"], cfg, models, sae, device)
 save_safetensors(tensors, snakemake.output.tokens)

@@ -10,10 +10,10 @@ from insight.images import DatasetLayoutError
 from insight.io import write_json, write_parquet
 from insight.logs import setup_logging
 from insight.pipeline import (
-    backbone_spec,
     classification_heatmaps,
     classification_results,
     classification_vectors,
+    frozen_spec,
     load_frozen,
 )
 from insight.runtime import resolve_device
@@ -22,8 +22,8 @@ from insight.sae import load_sae
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, cfg = snakemake.wildcards.cdataset, snakemake.params.cfg
-spec, device = backbone_spec(snakemake.params.backbone), resolve_device(snakemake.params.device)
-dinoiser = snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None
+frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)
+device = resolve_device(snakemake.params.device)
 try:
     train_pairs, classes = imagefolder(
         snakemake.params.root, cfg["train_split"], cfg["images_per_class"]
@@ -36,7 +36,7 @@ except (DatasetLayoutError, FileNotFoundError) as err:
     Path(snakemake.output.figures).mkdir(parents=True, exist_ok=True)
     write_json({"dataset": name, "status": "not run", "reason": str(err)}, snakemake.output.result)
 else:
-    models = load_frozen(spec, dinoiser, snakemake.params.gamma, device)  # once for both splits
+    models = load_frozen(frozen, device)  # once for both splits
     sae = load_sae(snakemake.input.sae).to(device)
     tables = {}
     for split, pairs in (("train", train_pairs), ("test", test_pairs)):
@@ -48,7 +48,7 @@ else:
         tables["test"],
         classes,
         models,
-        spec,
+        frozen.backbone,
         cfg,
         snakemake.params.cache,
         device,

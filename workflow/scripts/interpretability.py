@@ -6,16 +6,14 @@ import torch
 
 from insight.io import atomic_path
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, interpretability_rows
+from insight.pipeline import frozen_spec, interpretability_rows
 from insight.runtime import resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 rows = interpretability_rows(
     snakemake.params.datasets,
-    backbone_spec(snakemake.params.backbone),
-    snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
-    snakemake.params.gamma,
+    frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma),
     snakemake.input.sae,
     snakemake.params.cfg,
     resolve_device(snakemake.params.device),

@@ -7,7 +7,7 @@ import torch
 from insight.images import DatasetLayoutError
 from insight.io import write_json
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, evaluate_ovs
+from insight.pipeline import evaluate_ovs, frozen_spec
 from insight.runtime import resolve_device
 
 log = setup_logging(snakemake.log[0])
@@ -17,10 +17,12 @@ try:
     result = evaluate_ovs(
         name,
         snakemake.params.root,
-        backbone_spec(snakemake.params.backbone),
-        snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
-        snakemake.params.gamma,
-        snakemake.params.precision,
+        frozen_spec(
+            snakemake.params.backbone,
+            snakemake.input.dinoiser,
+            snakemake.params.gamma,
+            snakemake.params.precision,
+        ),
         snakemake.input.sae,
         snakemake.params.ovs,
         snakemake.params.cache,

@@ -4,16 +4,14 @@ import torch
 
 from insight.io import write_json
 from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, world_recovery
+from insight.pipeline import frozen_spec, world_recovery
 from insight.runtime import resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 result = world_recovery(
     snakemake.input.parts,
-    backbone_spec(snakemake.params.backbone),
-    snakemake.input.dinoiser[0] if snakemake.input.dinoiser else None,
-    snakemake.params.gamma,
+    frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma),
     snakemake.input.sae,
     snakemake.input.families,
     snakemake.input.names,
