@@ -622,10 +622,7 @@ def world_recovery(
         key=lambda r: (-r["frequency"], r["concept"]),
     )[:top_concepts]
     world_named = [world.is_world_name(r["name"]) for r in frequent]
-    name_of = concept_names(names)
-    graph = load_families(families_path)
-    edges = sorted(graph.edges)
-    planted = world.planted_edges(edges, part, obj)
+    edges = sorted(load_families(families_path).edges)
     return {
         "images": len(pairs),
         "naming": {
@@ -636,22 +633,7 @@ def world_recovery(
                 {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in frequent
             ],
         },
-        "families": {
-            "edges": len(edges),
-            "planted_edges": len(planted),
-            "planted_edges_shuffled_parents": world.shuffled_planted_edges(edges, part, obj),
-            "examples": [
-                {
-                    "parent": p,
-                    "parent_name": name_of.get(p),
-                    "parent_object": obj[p],
-                    "child": c,
-                    "child_name": name_of.get(c),
-                    "child_part": part[c],
-                }
-                for p, c in planted
-            ],
-        },
+        "families": world.family_recovery(edges, part, obj, concept_names(names)),
     }
 
 

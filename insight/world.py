@@ -395,6 +395,35 @@ def shuffled_planted_edges(
     return float(np.mean(counts))
 
 
+def family_recovery(
+    edges: list[tuple[int, int]],
+    part: list[str | None],
+    obj: list[str | None],
+    name_of: dict[int, str] | None = None,
+) -> dict:
+    """The recovery report's ``families`` section: how many family edges (parent, child)
+    mirror the part-of structure (:func:`planted_edges`), the count with shuffled parents,
+    and each planted edge with its concepts' names (``name_of``) and labels."""
+    name_of = name_of or {}
+    planted = planted_edges(edges, part, obj)
+    return {
+        "edges": len(edges),
+        "planted_edges": len(planted),
+        "planted_edges_shuffled_parents": shuffled_planted_edges(edges, part, obj),
+        "examples": [
+            {
+                "parent": p,
+                "parent_name": name_of.get(p),
+                "parent_object": obj[p],
+                "child": c,
+                "child_name": name_of.get(c),
+                "child_part": part[c],
+            }
+            for p, c in planted
+        ],
+    }
+
+
 def is_world_name(name: str | None) -> bool:
     """A concept name made of the world's words (an object, part, ground or colour)."""
     words = set(CLASSES) | set(PARTS) | set(COLOURS)

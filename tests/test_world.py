@@ -8,6 +8,13 @@ import yaml
 from PIL import Image
 
 from insight import demo, world
+from insight.hierarchy import (
+    CooccurrencePartial,
+    accumulate_patches,
+    cooccurrence_table,
+    family_dag,
+    totals_table,
+)
 from insight.segmentation import imagenet_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,14 +165,6 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     its larger part, so only the 4 edges to the smaller parts count as planted (the
     others look like same-part specialisations): the count is a lower bound. Shuffling
     the parents leaves about one."""
-    from insight.hierarchy import (
-        CooccurrencePartial,
-        accumulate_patches,
-        cooccurrence_table,
-        family_dag,
-        totals_table,
-    )
-
     rng = np.random.default_rng(3)
     labels = np.concatenate(
         [world.patch_labels(world.draw_scene(rng).parts, (14, 14)) for _ in range(24)]
@@ -193,7 +192,11 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
         min(parts, key=lambda p: area[world.PARTS.index(p)])
         for parts in world.OBJECT_PARTS.values()
     ]
-    assert world.planted_edges(edges, part, obj) == sorted(
-        (object_concept[world.PART_OF[p]], part_concept[p]) for p in smaller
-    )
-    assert world.shuffled_planted_edges(edges, part, obj) < 2
+    families = world.family_recovery(edges, part, obj, {c: p for p, c in part_concept.items()})
+    assert families["edges"] == 8 and families["planted_edges"] == 4
+    planted = [(e["parent"], e["child"]) for e in families["examples"]]
+    assert planted == sorted((object_concept[world.PART_OF[p]], part_concept[p]) for p in smaller)
+    for example in families["examples"]:
+        assert example["child_name"] == example["child_part"]
+        assert example["parent_object"] == world.PART_OF[example["child_part"]]
+    assert families["planted_edges_shuffled_parents"] < 2
