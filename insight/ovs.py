@@ -161,11 +161,9 @@ def evaluate(
         if on_image is not None:
             on_image(image_id, predictions)
     results = {}
-    chance = None
     for method, accumulator in accumulators.items():
         if accumulator.images == 0:
             continue
-        chance = chance_miou(accumulator.label_area)
         iou = accumulator.iou()
         results[method] = {
             "miou": accumulator.miou(),
@@ -174,6 +172,8 @@ def evaluate(
                 for name, v in zip(dataset.classes, iou, strict=True)
             },
         }
+    scored = [a for a in accumulators.values() if a.images]  # every method saw the same labels
+    chance = chance_miou(scored[0].label_area) if scored else None
     return {"images": len(pairs), "chance_miou": chance, "methods": results}
 
 
