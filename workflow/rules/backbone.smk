@@ -19,6 +19,6 @@ if config["clip_training"]["pairs"]:
             training=config["clip_training"],
             backbone=config["backbone"],
             device=config["device"],
-            code=code_version("insight.clip_training"),
+            code=code_version("insight.pipeline"),
         script:
             "../scripts/train_clip.py"

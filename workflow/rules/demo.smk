@@ -116,6 +116,6 @@ rule world_recovery:
         backbone=config["backbone"],
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
-        code=code_version("insight.world"),
+        code=code_version("insight.pipeline"),
     script:
         "../scripts/world_recovery.py"
