@@ -15,7 +15,6 @@ if config["clip_training"]["pairs"]:
         resources:
             gpu=config["resources"]["gpus"],
         params:
-            pairs=config["clip_training"]["pairs"],
             training=config["clip_training"],
             backbone=config["backbone"],
             device=config["device"],

@@ -10,7 +10,7 @@ from insight.runtime import resolve_device
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 metrics = train_clip_from_pairs(
-    snakemake.params.pairs,
+    snakemake.params.training["pairs"],
     backbone_spec({**snakemake.params.backbone, "checkpoint": None, "pretrained": None}),
     snakemake.params.training,
     snakemake.output.weights,
