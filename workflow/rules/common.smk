@@ -48,7 +48,7 @@ def clip_pairs(wildcards=None):
         raise WorkflowError(
             "clip_training.pairs is set: set backbone.checkpoint to the file it should write"
         )
-    if Path(pairs).is_relative_to(DEMO_CLIP_PAIRS):
+    if demo_world():
         return [DEMO_CLIP_PAIRS]
     if not Path(pairs).is_file():
         raise WorkflowError(
