@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -105,3 +106,14 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def read_label_map(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
+    """A label map (class or part ids, palette or grey PNG) as an integer array, resized
+    with nearest neighbour to ``size`` = (height, width) when given; the file is closed."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if size is not None:
+            image = image.resize(size[::-1], Image.NEAREST)
+        return np.array(image)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from insight.backbone import patch_grid
 from insight.features import BatchTransform, DenseEncoder
+from insight.io import read_label_map
 from insight.ovs_datasets import OVSDataset
 from insight.sae import MatryoshkaBatchTopKSAE
 from insight.segmentation import (
@@ -154,7 +155,7 @@ def evaluate(
     for image_id, image_path, label_path in pairs:
         with Image.open(image_path) as image:
             predictions = predict(image, encoder, transform, text, sae, dataset, config, device)
-        label = np.array(Image.open(label_path))
+        label = read_label_map(label_path)
         for method, prediction in predictions.items():
             # with reduce_zero_label, predictions already index the reduced classes
             accumulators[method].add(prediction, label)

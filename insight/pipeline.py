@@ -50,7 +50,7 @@ from insight.features import (
     extract_shard,
 )
 from insight.images import DecodePolicy, ImageRef, refs_of_shard
-from insight.io import write_json
+from insight.io import read_label_map, write_json
 from insight.logs import progress
 from insight.naming import concept_names, concept_vectors, names_table, top_patch_weights
 from insight.ovs import OVSConfig, class_text_embeddings, scored_classes
@@ -567,7 +567,7 @@ def interpretability_rows(
         }
         bar = progress(len(pairs), f"interpretability {name}", "img")
         for _, image_path, label_path in pairs:
-            label_map = np.array(Image.open(label_path))
+            label_map = read_label_map(label_path)
             x = squashed_input(image_path, models, device)
             with torch.no_grad():
                 patch_codes = sae.encode(encoder(x)[0]).cpu().numpy()
