@@ -608,14 +608,17 @@ def world_recovery(
     sae = load_sae(sae_path).to(device)
     size = tuple(models.model.visual.image_size)
     grid = tuple(models.model.visual.grid_size)
-    mass = np.zeros((sae.config.d_sae, len(world.LABELS)))
+    stats = world.LabelStats.zeros(sae.config.d_sae)
     pairs = part_pairs("partimagenet", parts_root)
+    bar = progress(len(pairs), "world recovery", "img")
     for _, image_path, label_path in pairs:
-        part_map = np.array(Image.open(label_path).resize(size[::-1], Image.NEAREST))
+        part_map = read_label_map(label_path, size)
         with torch.no_grad():
             codes = sae.encode(models.encoder(squashed_input(image_path, models, device))[0])
-        mass += world.label_mass(codes.cpu().numpy(), world.patch_labels(part_map, grid))
-    part, obj = world.concept_labels(mass)
+        stats.add(codes.cpu().numpy(), world.patch_labels(part_map, grid))
+        bar.update(1)
+    bar.close()
+    part, obj = world.concept_labels(stats)
     names = pq.read_table(names_path, columns=["concept", "name", "frequency"])
     frequent = sorted(
         (r for r in names.to_pylist() if r["frequency"] > 0),

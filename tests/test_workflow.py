@@ -268,6 +268,11 @@ def test_demo_concepts_recover_the_world(demo_run):
     assert frequencies == sorted(frequencies, reverse=True)
     families = recovery["families"]
     assert families["planted_edges"] == len(families["examples"]) <= families["edges"]
+    assert families["planted_edges"] <= families["object_to_part_edges"]
+    assert 0.0 <= families["p_value"] <= 1.0
+    assert families["planted_pairs"] == sorted(
+        {f"{e['parent_object']} {e['child_part']}" for e in families["examples"]}
+    )
     for edge in families["examples"]:
         assert edge["parent_object"] == {
             "roof": "house", "wall": "house", "leaves": "tree", "trunk": "tree",

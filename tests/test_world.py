@@ -15,6 +15,7 @@ from insight.hierarchy import (
     family_dag,
     totals_table,
 )
+from insight.io import read_label_map
 from insight.segmentation import imagenet_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,35 +90,58 @@ def test_texture_of_unknown_name_fails_with_the_name():
         world.texture("marble", np.random.default_rng(0), 8, 8)
 
 
-def test_patch_labels_and_label_mass_by_hand():
+def test_patch_labels_and_label_stats_by_hand():
     part_map = np.full((4, 4), world.PART_BACKGROUND, np.uint8)
     part_map[:2, :2] = world.PARTS.index("roof")
     part_map[2:, 2:] = world.PARTS.index("wheel")
     labels = world.patch_labels(part_map, (2, 2))
     background = len(world.PARTS)
-    assert labels.tolist() == [
-        world.PARTS.index("roof"),
-        background,
-        background,
-        world.PARTS.index("wheel"),
-    ]
-    codes = np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [2.0, 3.0]])
-    mass = world.label_mass(codes, labels)
-    assert mass[0, world.PARTS.index("roof")] == 1.0 and mass[0, background] == 0.5
-    assert mass[0, world.PARTS.index("wheel")] == 2.0 and mass[1, world.PARTS.index("wheel")] == 3.0
-    part, obj = world.concept_labels(mass)
-    assert part == ["wheel", "wheel"] and obj == ["car", "car"]
-    assert world.concept_labels(np.zeros((1, len(world.LABELS)))) == ([None], [None])
+    roof, wheel = world.PARTS.index("roof"), world.PARTS.index("wheel")
+    assert labels.tolist() == [roof, background, background, wheel]
+    stats = world.LabelStats.zeros(2)
+    stats.add(np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [2.0, 3.0]]), labels)
+    stats.add(np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([background, background]))
+    assert stats.mass[0, roof] == 1.0 and stats.mass[0, background] == 0.5
+    assert stats.mass[0, wheel] == 2.0 and stats.mass[1, wheel] == 3.0
+    assert stats.mass[1, background] == 1.0
+    assert stats.patches[roof] == 1 and stats.patches[wheel] == 1 and stats.patches[background] == 4
+    assert stats.active.tolist() == [3, 2]
+
+
+def test_concept_labels_use_the_rate_per_patch_not_the_area():
+    """Rate profile by hand: 8 body patches, 2 wheel patches, 10 background patches."""
+    body, wheel, background = world.PARTS.index("body"), world.PARTS.index("wheel"), 8
+    stats = world.LabelStats.zeros(5)
+    stats.patches[[body, wheel, background]] = [8, 2, 10]
+    # 0: 1.0 on every car patch: mass 8 on the body, 2 on the wheel (80% by mass), but
+    #    rate 1 on both: profile 0.5 / 0.5 -> the car, not a body concept
+    # 1: on the wheels only -> wheel; 2: body 4 (rate 0.5), background 10 (rate 1):
+    #    profile 1/3 body -> neither; 3: the car and the background alike (profile 1/3
+    #    each, 2/3 < 0.7 on the car) -> neither;
+    # 4: the car's rate profile but active on 5 patches only -> too few to tell
+    stats.mass[0, [body, wheel]] = [8.0, 2.0]
+    stats.mass[1, wheel] = 2.0
+    stats.mass[2, [body, background]] = [4.0, 10.0]
+    stats.mass[3, [body, wheel, background]] = [8.0, 2.0, 10.0]
+    stats.mass[4, [body, wheel]] = [4.0, 1.0]
+    stats.active[:] = [10, 10, 14, 20, 5]
+    part, obj = world.concept_labels(stats)
+    assert part == [None, "wheel", None, None, None]
+    assert obj == ["car", None, None, None, None]
+    assert world.concept_labels(stats, min_patches=5)[1][4] == "car"
+    assert world.concept_labels(world.LabelStats.zeros(1)) == ([None], [None])
 
 
 def test_planted_edges_are_object_parent_and_part_child():
-    part = ["wheel", "wheel", "roof", "sky", "body"]
-    obj = ["car", "car", "house", "background", "car"]
-    edges = [(4, 0), (0, 1), (2, 0), (3, 2), (0, 4)]
-    # 4 (car body, object car) -> 0 (wheel): planted; 0 -> 1: same part, not planted;
-    # 2 (house) -> 0 (wheel): wrong object; 3 -> 2: parent is background; 0 (car) -> 4 (body): planted
-    assert world.planted_edges(edges, part, obj) == [(4, 0), (0, 4)]
-    assert 0 <= world.shuffled_planted_edges(edges, part, obj) <= len(edges)
+    part = ["wheel", "wheel", "roof", None, "body", None]
+    obj = [None, None, "house", None, None, "car"]
+    edges = [(5, 0), (0, 1), (2, 0), (3, 2), (5, 4), (1, 4)]
+    # 5 (car) -> 0 (wheel): planted; 0 -> 1: a part specialisation, not planted;
+    # 2 (house) -> 0 (wheel): wrong object; 3 -> 2: unlabelled parent; 5 -> 4 (body): planted
+    assert world.planted_edges(edges, part, obj) == [(5, 0), (5, 4)]
+    shuffled = world.shuffled_planted_edges(edges, part, obj, rounds=200)
+    assert len(shuffled) == 200 and shuffled.min() >= 0 and shuffled.max() <= len(edges)
+    assert len(world.shuffled_planted_edges([], part, obj)) == 0
     assert world.is_world_name("red car") and world.is_world_name("wheel")
     assert not world.is_world_name("happiness") and not world.is_world_name(None)
 
@@ -161,10 +185,10 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     """The recovery count end to end on ideal concepts: one concept per object active on
     all its patches (activation 2), one per part on its patches (1), one on the background.
     Eq. 5 gives D[part, its object] = 1 and nothing else >= 0.75, so the family DAG holds
-    exactly the 8 object -> part edges. An object concept's dominant part (by mass) is
-    its larger part, so only the 4 edges to the smaller parts count as planted (the
-    others look like same-part specialisations): the count is a lower bound. Shuffling
-    the parents leaves about one."""
+    exactly the 8 object -> part edges, and the rate profiles label every concept, so all
+    8 count as planted and cover the 8 (object, part) pairs. Shuffling the parents plants
+    about 2 (each object concept has 2 of the 8 children); a shuffle plants all 8 only
+    when it hits the identity pairing or an equivalent one."""
     rng = np.random.default_rng(3)
     labels = np.concatenate(
         [world.patch_labels(world.draw_scene(rng).parts, (14, 14)) for _ in range(24)]
@@ -186,17 +210,30 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     edges = sorted(graph.edges)
     assert edges == sorted((object_concept[world.PART_OF[p]], c) for p, c in part_concept.items())
 
-    part, obj = world.concept_labels(world.label_mass(codes, labels))
-    area = np.bincount(labels, minlength=len(world.LABELS))
-    smaller = [
-        min(parts, key=lambda p: area[world.PARTS.index(p)])
-        for parts in world.OBJECT_PARTS.values()
-    ]
+    stats = world.LabelStats.zeros(m)
+    stats.add(codes, labels)
+    part, obj = world.concept_labels(stats)
+    assert obj == [None, *world.OBJECTS, *[None] * len(world.PARTS)]
+    assert part == [None, *[None] * len(world.OBJECTS), *world.PARTS]
     families = world.family_recovery(edges, part, obj, {c: p for p, c in part_concept.items()})
-    assert families["edges"] == 8 and families["planted_edges"] == 4
-    planted = [(e["parent"], e["child"]) for e in families["examples"]]
-    assert planted == sorted((object_concept[world.PART_OF[p]], part_concept[p]) for p in smaller)
+    assert families["edges"] == families["planted_edges"] == 8
+    assert families["planted_pairs"] == sorted(f"{world.PART_OF[p]} {p}" for p in world.PARTS)
     for example in families["examples"]:
         assert example["child_name"] == example["child_part"]
         assert example["parent_object"] == world.PART_OF[example["child_part"]]
-    assert families["planted_edges_shuffled_parents"] < 2
+    assert 1.5 < families["planted_edges_shuffled_parents"] < 2.5
+    assert families["p_value"] < 0.01
+
+    shuffled_truth = world.family_recovery(edges, part, obj[1:] + obj[:1])  # objects renamed
+    assert shuffled_truth["planted_edges"] == 0 and shuffled_truth["p_value"] == 1.0
+
+
+def test_read_label_map_keeps_palette_ids_and_resizes_nearest(tmp_path):
+    ids = np.array([[0, 5], [255, 8]], np.uint8)
+    png = Image.frombytes("P", (2, 2), ids.tobytes())
+    png.putpalette(demo.voc_palette())
+    png.save(tmp_path / "label.png")
+    assert read_label_map(tmp_path / "label.png").tolist() == ids.tolist()
+    resized = read_label_map(tmp_path / "label.png", (4, 6))
+    assert resized.shape == (4, 6) and set(np.unique(resized)) == {0, 5, 8, 255}
+    assert resized[:2, :3].tolist() == [[0] * 3] * 2 and resized[2:, 3:].tolist() == [[8] * 3] * 2

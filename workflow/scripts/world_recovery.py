@@ -17,13 +17,16 @@ result = world_recovery(
     snakemake.input.names,
     resolve_device(snakemake.params.device),
 )
+families = result["families"]
 log.info(
     "%d of the %d most frequent concepts named with world words; %d of %d family edges "
-    "mirror a part-of relation (%.1f with shuffled parents)",
+    "mirror a part-of relation (%.1f with shuffled parents, p = %.3f), covering %s",
     result["naming"]["world_named"],
     result["naming"]["top_concepts"],
-    result["families"]["planted_edges"],
-    result["families"]["edges"],
-    result["families"]["planted_edges_shuffled_parents"],
+    families["planted_edges"],
+    families["edges"],
+    families["planted_edges_shuffled_parents"],
+    families["p_value"],
+    families["planted_pairs"],
 )
 write_json(result, snakemake.output[0])
