@@ -6,6 +6,7 @@ import time
 
 import duckdb
 import pytest
+import yaml
 from PIL import Image
 from workflow_utils import copy_checkout, planned_jobs, snakemake
 
@@ -291,9 +292,10 @@ def test_demo_interpretability_table(demo_run):
         rows = list(csv.DictReader(handle))
     demo_rows = {r["method"]: r for r in rows if r["dataset"] == "partimagenet"}
     assert set(demo_rows) == {"insight", "global_broadcast"}
+    part_images = yaml.safe_load((demo_run / "config/demo.yaml").read_text())["demo"]["part_images"]
     for row in demo_rows.values():
         assert 0 <= float(row["locality"]) <= 1 and 0 <= float(row["consistency"]) <= 1
-        assert float(row["impurity"]) >= 0 and int(row["images"]) == 16
+        assert float(row["impurity"]) >= 0 and int(row["images"]) == part_images
     assert {r["status"] for r in rows if r["dataset"] == "coco_stuff"} == {"not run"}
 
 
