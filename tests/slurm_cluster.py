@@ -119,13 +119,14 @@ class OneNodeCluster:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"{name} failed to start: {result.stderr.strip()} {self.logs()}")
+        # The daemon creates its pid file before it writes the number: wait for the number.
         deadline = time.monotonic() + 15
-        while not pid_file.exists() and time.monotonic() < deadline:
+        while (pid := _read_pid(pid_file)) is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not pid_file.exists():
+        if pid is None:
             self.stop()
-            raise RuntimeError(f"{name} wrote no pid file {pid_file}: {self.logs()}")
-        self.pids[name] = int(pid_file.read_text().split()[0])
+            raise RuntimeError(f"{name} wrote no pid to {pid_file}: {self.logs()}")
+        self.pids[name] = pid
 
     def logs(self) -> str:
         parts = []
@@ -162,3 +163,14 @@ class OneNodeCluster:
         if self.installed_conf and SYSTEM_CONF.exists():
             SYSTEM_CONF.unlink()
             self.installed_conf = False
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    """The process id in a daemon's pid file, or None while the file is missing or not yet written."""
+    try:
+        text = pid_file.read_text()
+    except FileNotFoundError:
+        return None
+    # munged and the slurm daemons write "<pid>\n"; without the newline the number may be cut.
+    words = text.split()
+    return int(words[0]) if text.endswith("\n") and words and words[0].isdigit() else None
