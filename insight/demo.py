@@ -192,11 +192,17 @@ def make_clip_pairs(
     scenes: int,
     seed: int = 6,
     size: tuple[int, int] = (224, 224),
+    colour_share: float = 0.5,
 ) -> Path:
     """Image/caption pairs to train the demo's CLIP on: every world scene with its
     caption, plus one close-up of it (an object, a part or a ground, captioned with one
     of the 80 ImageNet prompt templates). Writes ``root/images/*.jpg`` and
-    ``root/pairs.csv`` (``path``, relative to ``root``, and ``caption``)."""
+    ``root/pairs.csv`` (``path``, relative to ``root``, and ``caption``).
+
+    A scene caption names its objects' colours with probability ``colour_share``, as
+    web captions mention colour only some of the time. Captions that always do let the
+    CLIP tell scenes apart by colour alone, and its patch features then carry the object
+    too weakly for the families to show its parts (docs/demo_world.md)."""
     import csv
 
     from insight.segmentation import imagenet_prompts
@@ -211,7 +217,8 @@ def make_clip_pairs(
         crop = None
         while crop is None:
             crop = close_up(scene, rng, templates, size[0])
-        for kind, (image, caption) in (("scene", (scene.image, scene.caption)), ("close", crop)):
+        said = scene_caption(scene.objects, scene.ground, colours=rng.random() < colour_share)
+        for kind, (image, caption) in (("scene", (scene.image, said)), ("close", crop)):
             path = f"images/{kind}_{i:05d}.jpg"
             image.save(root / path, quality=92)
             rows.append((path, caption))

@@ -270,11 +270,14 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def scene_caption(objects: list[WorldObject], ground: str, reverse: bool = False) -> str:
-    """``a red car and a green tree on grass``: objects left to right (or right to left)
-    with their colour."""
+def scene_caption(
+    objects: list[WorldObject], ground: str, reverse: bool = False, colours: bool = True
+) -> str:
+    """``a red car and a green tree on grass``: objects left to right (or right to left),
+    with their colour unless ``colours`` is False (``a car and a tree on grass``)."""
     ordered = sorted(objects, key=lambda o: o.box[0], reverse=reverse)
-    things = [f"{_article(o.colour)} {o.colour} {o.name}" for o in ordered]
+    words = [f"{o.colour} {o.name}" if colours else o.name for o in ordered]
+    things = [f"{_article(word)} {word}" for word in words]
     listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
     return f"{listed} on {ground}"
 

@@ -55,6 +55,12 @@ def test_caption_names_every_object_with_its_colour_and_the_ground(scenes):
             assert f"{obj.colour} {obj.name}" in caption
         reverse = world.scene_caption(scene.objects, scene.ground, reverse=True)
         assert sorted(reverse.replace(",", "").split()) == sorted(caption.replace(",", "").split())
+        plain = world.scene_caption(scene.objects, scene.ground, colours=False)
+        assert not set(world.COLOURS) & set(plain.replace(",", "").split())
+        assert plain.replace(",", "").split().count("a") == len(
+            scene.objects
+        )  # "a house", not "an house"
+        assert plain.endswith(f" on {scene.ground}")
 
 
 def test_objects_argument_draws_exactly_those_objects():
@@ -179,6 +185,21 @@ def test_clip_pairs_csv_lists_scene_and_close_up_per_scene(tmp_path):
     ]
     assert all((tmp_path / r["path"]).is_file() and r["caption"] for r in rows)
     assert " on " in rows[0]["caption"]
+
+
+def test_clip_pairs_name_colours_in_the_given_share_of_scene_captions(tmp_path):
+    import csv
+
+    colours = set(world.COLOURS)
+
+    def coloured_share(folder, share):
+        pairs = demo.make_clip_pairs(folder, 40, size=(64, 64), colour_share=share)
+        scenes = [r for r in csv.DictReader(pairs.open()) if "/scene_" in r["path"]]
+        return np.mean([bool(colours & set(r["caption"].split())) for r in scenes])
+
+    assert coloured_share(tmp_path / "all", 1.0) == 1.0
+    assert coloured_share(tmp_path / "none", 0.0) == 0.0
+    assert 0.25 < coloured_share(tmp_path / "half", 0.5) < 0.75
 
 
 def test_ideal_concepts_give_planted_family_edges_through_eq5():
