@@ -118,16 +118,16 @@ def test_unknown_ovs_benchmark_fails_before_any_job_naming_the_key(demo_run):
     assert "define others under ovs.custom" in output
 
 
-def demo_sae(workdir: Path) -> dict:
-    """The SAE section of the demo config the run used (one source for d_sae, k, groups)."""
-    return yaml.safe_load((workdir / "config/demo.yaml").read_text())["sae"]
+def demo_config(workdir: Path) -> dict:
+    """The demo config the run used: the one source for the sizes the tests expect."""
+    return yaml.safe_load((workdir / "config/demo.yaml").read_text())
 
 
 @pytest.mark.slow
 def test_demo_sae_and_concepts_match_the_contract(demo_run):
     from safetensors import safe_open
 
-    sae = demo_sae(demo_run)
+    sae = demo_config(demo_run)["sae"]
     m = sae["d_sae"]
     with safe_open(str(demo_run / "results/models/sae.safetensors"), "pt") as handle:
         shapes = {name: tuple(handle.get_tensor(name).shape) for name in handle.keys()}
@@ -206,7 +206,7 @@ def test_demo_names_concepts(demo_run):
     rows, named, methods = duckdb.sql(
         f"select count(*), count(name), list(distinct method) from '{names}'"
     ).fetchall()[0]
-    assert rows == demo_sae(demo_run)["d_sae"] and named > 0 and methods == ["hierarchy"]
+    assert rows == demo_config(demo_run)["sae"]["d_sae"] and named > 0 and methods == ["hierarchy"]
     vocabulary = duckdb.sql(
         f"select term from '{demo_run}/results/vocabulary/terms.parquet'"
     ).fetchall()
@@ -301,7 +301,7 @@ def test_demo_interpretability_table(demo_run):
         rows = list(csv.DictReader(handle))
     demo_rows = {r["method"]: r for r in rows if r["dataset"] == "partimagenet"}
     assert set(demo_rows) == {"insight", "global_broadcast"}
-    part_images = yaml.safe_load((demo_run / "config/demo.yaml").read_text())["demo"]["part_images"]
+    part_images = demo_config(demo_run)["demo"]["part_images"]
     for row in demo_rows.values():
         assert 0 <= float(row["locality"]) <= 1 and 0 <= float(row["consistency"]) <= 1
         assert float(row["impurity"]) >= 0 and int(row["images"]) == part_images
@@ -380,7 +380,7 @@ def test_insight_explain_without_a_run_says_what_to_run(tmp_path):
 def test_demo_builds_the_browser_and_the_report(demo_run):
     pages = list((demo_run / "results/browser/concepts").glob("*.html"))
     index = (demo_run / "results/browser/index.html").read_text()
-    concepts = demo_sae(demo_run)["d_sae"]
+    concepts = demo_config(demo_run)["sae"]["d_sae"]
     assert len(pages) == concepts and index.count("<tr data-search=") == concepts
     assert list((demo_run / "results/browser/assets/thumbs").glob("*.jpg"))
     snakemake(demo_run, "--report", "report.html", "--configfile", "config/demo.yaml")
@@ -401,7 +401,7 @@ def test_demo_browser_in_headless_chromium(demo_run, chromium, tmp_path):
     page, errors = chromium
     page.goto((demo_run / "results/browser/index.html").as_uri())
     rows = page.locator("#concepts tbody tr:visible")
-    concepts = demo_sae(demo_run)["d_sae"]
+    concepts = demo_config(demo_run)["sae"]["d_sae"]
     assert rows.count() == concepts
     first_name = page.locator("#concepts tbody tr td:nth-child(2)").first.inner_text()
     page.fill("#search", first_name)

@@ -57,9 +57,8 @@ def test_caption_names_every_object_with_its_colour_and_the_ground(scenes):
         assert sorted(reverse.replace(",", "").split()) == sorted(caption.replace(",", "").split())
         plain = world.scene_caption(scene.objects, scene.ground, colours=False)
         assert not set(world.COLOURS) & set(plain.replace(",", "").split())
-        assert plain.replace(",", "").split().count("a") == len(
-            scene.objects
-        )  # "a house", not "an house"
+        # the article agrees with the name: "a house", not "an house" (from "an orange house")
+        assert plain.replace(",", "").split().count("a") == len(scene.objects)
         assert plain.endswith(f" on {scene.ground}")
 
 
