@@ -1,4 +1,4 @@
-"""Concept-browser thumbnails vs drawing each one with matplotlib (issue 9).
+"""Concept-browser thumbnails vs drawing each one with matplotlib.
 
 Project: ``render_thumbnails`` (each image decoded once for all its concepts, the
 heatmap blended with NumPy and a colour map lookup, resized and saved as JPEG by
@@ -21,9 +21,9 @@ from _common import best_time, machine, report
 from _common import parser as benchmark_parser
 from PIL import Image
 
-from insight.browser import render_thumbnails
-from insight.heatmaps import COLOUR_MAP, activation_grid
-from insight.images import ImageRef
+from insight.data.images import ImageRef
+from insight.views.browser import render_thumbnails
+from insight.views.heatmaps import COLOUR_MAP, activation_grid
 
 
 def matplotlib_thumbnails(top: pa.Table, refs: dict, out: Path, size: int) -> None:

@@ -1,4 +1,4 @@
-"""Caption generation vs ClipCap's greedy loop (App. B.6, issue 11).
+"""Caption generation vs ClipCap's greedy loop (App. B.6).
 
 Project: ``Captioner.generate`` (Hugging Face ``generate`` on the prefix embeddings, with
 the key/value cache). Baseline: ClipCap's reference greedy decoding, which runs GPT-2
@@ -19,8 +19,8 @@ from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from insight.captioning import Captioner, PrefixAdapter
-from insight.runtime import resolve_device
+from insight.core.runtime import resolve_device
+from insight.tasks.captioner import Captioner, PrefixAdapter
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Demo CLIP training (rule train_clip) vs open_clip's usual per-epoch data pipeline (issue 12).
+"""Demo CLIP training (rule train_clip) vs open_clip's usual per-epoch data pipeline.
 
 Project: what the rule runs (``insight.pipeline.train_clip_from_pairs``): every image
 decoded and resized once into a uint8 tensor, then ``epochs`` epochs of open_clip's
@@ -23,9 +23,9 @@ from _common import best_time, machine, report
 from _common import parser as benchmark_parser
 from PIL import Image
 
-from insight.backbone import BackboneSpec, load_clip
-from insight.demo import make_clip_pairs
-from insight.pipeline import train_clip_from_pairs
+from insight.demo.clip_training import train_clip_from_pairs
+from insight.demo.layouts import make_clip_pairs
+from insight.models.backbone import BackboneSpec, load_clip
 
 
 def baseline_training(csv: Path, spec: BackboneSpec, epochs: int, batch: int, lr: float) -> None:

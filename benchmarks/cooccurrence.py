@@ -1,4 +1,4 @@
-"""Co-occurrence stage vs a DuckDB self-join GROUP BY (DESIGN.md section 7, issue 4).
+"""Co-occurrence stage vs a DuckDB self-join GROUP BY.
 
 Generates concept shards in the contract (m concepts, about k active per patch with a
 Zipf-like concept frequency), then in one process computes D's numerator and
@@ -23,9 +23,9 @@ import psutil
 import pyarrow as pa
 from _common import machine, report
 
-from insight.concepts import concept_schema
-from insight.hierarchy import reduce_partials, shards_partial
-from insight.io import write_parquet
+from insight.core.io import write_parquet
+from insight.hierarchy.cooccurrence import reduce_partials, shards_partial
+from insight.sae.encode import concept_schema
 
 
 def generate_shards(

@@ -1,4 +1,4 @@
-"""Feature extraction vs the bare open_clip forward (DESIGN.md section 7, issue 2).
+"""Feature extraction vs the bare open_clip forward.
 
 Project: ``extract_shard`` on JPEG files (decode + MaskCLIP forward + DINOise + Parquet
 write). Baseline: ``model.encode_image`` on the same images, already decoded, with the
@@ -17,12 +17,14 @@ import torch
 from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
 
-from insight.backbone import BackboneSpec, load_clip
-from insight.demo import make_scene_images
-from insight.dinoiser import DINOiser
-from insight.features import BatchTransform, DenseEncoder, ExtractConfig, extract_shard
-from insight.images import decode_image, list_images
-from insight.runtime import DTYPES, resolve_device
+from insight.core.runtime import DTYPES, resolve_device
+from insight.data.batches import BatchTransform
+from insight.data.images import decode_image, list_images
+from insight.demo.layouts import make_scene_images
+from insight.features.extract import ExtractConfig, extract_shard
+from insight.models.backbone import BackboneSpec, load_clip
+from insight.models.dense import DenseEncoder
+from insight.models.dinoiser import DINOiser
 
 
 def main() -> None:

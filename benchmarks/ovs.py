@@ -1,4 +1,4 @@
-"""OVS evaluation vs the bare backbone forward over the same windows (issue 6).
+"""OVS evaluation vs the bare backbone forward over the same windows.
 
 Project: ``insight.ovs.evaluate`` on generated VOC-layout images (protocol resize,
 sliding windows, DINOised features, three methods, upsampling, argmax, IoU).
@@ -20,15 +20,16 @@ from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
 from PIL import Image
 
-from insight.backbone import BackboneSpec, load_clip
-from insight.demo import make_voc_dataset
-from insight.dinoiser import DINOiser
-from insight.features import BatchTransform, DenseEncoder
-from insight.ovs import OVSConfig, evaluate
-from insight.ovs_datasets import DATASETS, list_pairs
-from insight.runtime import resolve_device
-from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
-from insight.segmentation import resize_to_protocol, slide_inference
+from insight.core.runtime import resolve_device
+from insight.data.batches import BatchTransform
+from insight.data.benchmarks import DATASETS, list_pairs
+from insight.demo.layouts import make_voc_dataset
+from insight.models.backbone import BackboneSpec, load_clip
+from insight.models.dense import DenseEncoder
+from insight.models.dinoiser import DINOiser
+from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
+from insight.tasks.ovs import OVSConfig, evaluate
+from insight.tasks.segmentation import resize_to_protocol, slide_inference
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""SAE training step vs a straightforward PyTorch step (DESIGN.md section 7, issue 3).
+"""SAE training step vs a straightforward PyTorch step.
 
 Project: ``SAETrainer.step`` (sparse recompute of the kept pre-activations, cumulative
 Matryoshka decoding, exact BatchTopK from per-row candidates). Baseline:
@@ -17,10 +17,10 @@ import torch
 from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
 
-from insight.runtime import resolve_device
-from insight.sae import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
-from insight.sae_reference import reference_step
-from insight.sae_training import SAETrainer, TrainConfig
+from insight.core.runtime import resolve_device
+from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
+from insight.sae.reference import reference_step
+from insight.sae.training import SAETrainer, TrainConfig
 
 
 def main() -> None:

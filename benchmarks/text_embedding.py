@@ -1,4 +1,4 @@
-"""Vocabulary text encoding vs open_clip ``encode_text`` (DESIGN.md section 7, issue 5).
+"""Vocabulary text encoding vs open_clip ``encode_text``.
 
 Project: ``TextEncoder`` (prompts sorted by length, context cut to the longest prompt of
 each batch) on the template prompts of a vocabulary; baseline: ``model.encode_text`` on
@@ -18,10 +18,11 @@ import torch
 from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
 
-from insight.backbone import BackboneSpec, load_clip
-from insight.runtime import resolve_device
-from insight.text import EmbeddingCache, TextEncoder
-from insight.vocabulary import TEMPLATES, wordfreq_terms
+from insight.core.runtime import resolve_device
+from insight.models.backbone import BackboneSpec, load_clip
+from insight.models.prompts import TEMPLATES
+from insight.models.text import EmbeddingCache, TextEncoder
+from insight.naming.vocabulary import wordfreq_terms
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The ``insight`` command: look at a trained run from the shell.
 
-    insight explain IMAGE [--label TEXT] [--configfile config/demo.yaml]
-    insight caption IMAGE [--scale NAME=FACTOR ...] [--family] [--configfile ...]
+    insight explain IMAGE [--label TEXT] [--configfile FILE]...
+    insight caption IMAGE [--scale NAME=FACTOR]... [--family] [--configfile FILE]...
 
 Run it in the workflow's directory: the config is ``config.yaml`` updated by each
 ``--configfile`` (as Snakemake does), validated against the workflow's schema, and the
@@ -32,7 +32,7 @@ def _update(base: dict, extra: dict) -> dict:
 def load_config(configfiles: Sequence[str | Path], base: str | Path = "config.yaml") -> dict:
     """``base`` (when it exists) updated by each config file in order, then validated
     against the workflow schema, which also fills in the defaults."""
-    from snakemake.utils import validate
+    from insight.core.settings import validate_config
 
     config: dict = {}
     for path in [base, *configfiles] if Path(base).exists() else list(configfiles):
@@ -40,12 +40,12 @@ def load_config(configfiles: Sequence[str | Path], base: str | Path = "config.ya
             _update(config, yaml.safe_load(handle) or {})
     if not config:
         raise FileNotFoundError(f"no config: {base} does not exist and no --configfile given")
-    validate(config, schema=str(SCHEMA))
+    validate_config(config, SCHEMA)
     return config
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from insight.pipeline import explain_image_file
+    from insight.views.explain import explain_image_file
 
     config = load_config(args.configfile)
     explanation, png, json_path = explain_image_file(
@@ -71,7 +71,7 @@ def scale_request(text: str) -> tuple[str, float]:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from insight.pipeline import caption_image_file
+    from insight.views.steering import caption_image_file
 
     config = load_config(args.configfile)
     result = caption_image_file(args.image, config, args.results, args.scale, args.family)
@@ -82,13 +82,21 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIGFILE = {
+    "action": "append",
+    "default": [],
+    "metavar": "FILE",
+    "help": "a config file over config.yaml; give it again for more, applied in order",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="insight", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
     explain = commands.add_parser("explain", help="explain one image by its concepts (Fig. 4)")
     explain.add_argument("image", type=Path)
     explain.add_argument("--label", help="the label to explain (default: the best vocabulary term)")
-    explain.add_argument("--configfile", nargs="*", default=[], help="config overrides, in order")
+    explain.add_argument("--configfile", **CONFIGFILE)
     explain.add_argument("--results", type=Path, default=Path("results"))
     explain.add_argument("--out", type=Path, default=Path("results/explain"))
     explain.add_argument("--top", type=int, default=5, help="concepts shown")
@@ -98,13 +106,13 @@ def parser() -> argparse.ArgumentParser:
     caption.add_argument(
         "--scale",
         type=scale_request,
-        nargs="*",
+        action="append",
         default=[],
         metavar="NAME=FACTOR",
         help="scale the concepts with this name (0 removes them)",
     )
     caption.add_argument("--family", action="store_true", help="scale their descendants too")
-    caption.add_argument("--configfile", nargs="*", default=[], help="config overrides, in order")
+    caption.add_argument("--configfile", **CONFIGFILE)
     caption.add_argument("--results", type=Path, default=Path("results"))
     caption.set_defaults(run=_caption)
     return top
@@ -114,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, KeyError) as err:
+    except (FileNotFoundError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"insight {args.command}: {message}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests reaches the
 import pytest
 import torch
 
-from insight.backbone import BackboneSpec, load_clip
+from insight.models.backbone import BackboneSpec, load_clip
 
 TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from insight.features import feature_schema, feature_table
-from insight.io import write_parquet
+from insight.core.io import write_parquet
+from insight.features.shards import feature_schema, feature_table
 
 
 def planted_features(n: int, d: int, atoms: int, active: int, seed: int = 0, noise: float = 0.01):

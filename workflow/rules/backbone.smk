@@ -18,6 +18,6 @@ if config["clip_training"]["pairs"]:
             training=config["clip_training"],
             backbone=config["backbone"],
             device=config["device"],
-            code=code_version("insight.pipeline"),
+            code=script_version("train_clip"),
         script:
             "../scripts/train_clip.py"

@@ -20,7 +20,7 @@ rule caption_tokens:
         backbone=config["backbone"],
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
-        code=code_version("insight.pipeline"),
+        code=script_version("caption_tokens"),
     script:
         "../scripts/caption_tokens.py"
 
@@ -46,7 +46,7 @@ rule train_captioner:
     params:
         cfg=config["captioning"],
         device=config["device"],
-        code=code_version("insight.pipeline"),
+        code=script_version("train_captioner"),
     script:
         "../scripts/train_captioner.py"
 
@@ -66,5 +66,7 @@ rule captioning_table:
         "logs/captioning_table.log",
     conda:
         ENV
+    params:
+        code=script_version("captioning_table"),
     script:
         "../scripts/captioning_table.py"

@@ -33,7 +33,7 @@ rule classification:
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
         cache="results/vocabulary/cache",
-        code=code_version("insight.pipeline"),
+        code=script_version("classification"),
     script:
         "../scripts/classification.py"
 
@@ -56,5 +56,7 @@ rule classification_table:
         "logs/classification_table.log",
     conda:
         ENV
+    params:
+        code=script_version("classification_table"),
     script:
         "../scripts/classification_table.py"

@@ -3,13 +3,17 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
 
-from insight.provenance import source_digest
+from insight.core.provenance import script_digest
+from insight.core.settings import ConfigError, validate_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate_config(
+        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 DEMO_IMAGES = "results/demo/images"
 DEMO_VOC = "results/demo/voc/VOC2012"
@@ -25,10 +29,13 @@ SOURCE_LAYOUTS = {
 }
 
 
-def code_version(*modules):
-    """Hash of the insight modules a stage runs (and their imports): a param, so editing
-    the library reruns exactly the stages that use the edited code."""
-    return source_digest(*modules)
+SCRIPTS = Path(workflow.basedir) / "workflow/scripts"
+
+
+def script_version(script):
+    """Hash of the insight code the rule's script imports (transitively): a param, so
+    editing the library reruns exactly the rules whose scripts reach the edited code."""
+    return script_digest(SCRIPTS / f"{script}.py")
 
 
 def backbone_weights(wildcards=None):
@@ -59,7 +66,7 @@ def clip_pairs(wildcards=None):
 
 def check_ovs_benchmarks():
     """Every benchmark under ovs.datasets resolves (built in, or a valid ovs.custom entry)."""
-    from insight.ovs_datasets import benchmark
+    from insight.data.benchmarks import benchmark
 
     for name in config["ovs"]["datasets"]:
         try:

@@ -10,7 +10,7 @@ rule demo_images:
         scenes=config["demo"]["images"],
         bad_images=config["demo"]["bad_images"],
         seed=config["demo"]["seed"],
-        code=code_version("insight.demo"),
+        code=script_version("demo_images"),
     script:
         "../scripts/demo_images.py"
 
@@ -26,7 +26,7 @@ rule demo_voc:
     params:
         scenes=config["demo"]["voc_images"],
         seed=config["demo"]["seed"] + 1,
-        code=code_version("insight.demo"),
+        code=script_version("demo_voc"),
     script:
         "../scripts/demo_voc.py"
 
@@ -42,7 +42,7 @@ rule demo_parts:
     params:
         scenes=config["demo"]["part_images"],
         seed=config["demo"]["seed"] + 2,
-        code=code_version("insight.demo"),
+        code=script_version("demo_parts"),
     script:
         "../scripts/demo_parts.py"
 
@@ -58,7 +58,7 @@ rule demo_imagefolder:
     params:
         per_class=config["demo"]["classification_images"],
         seed=config["demo"]["seed"] + 3,
-        code=code_version("insight.demo"),
+        code=script_version("demo_imagefolder"),
     script:
         "../scripts/demo_imagefolder.py"
 
@@ -75,7 +75,7 @@ rule demo_captions:
         counts=config["demo"]["caption_images"],
         language_model=config["demo"]["language_model"],
         seed=config["demo"]["seed"] + 5,
-        code=code_version("insight.demo"),
+        code=script_version("demo_captions"),
     script:
         "../scripts/demo_captions.py"
 
@@ -91,7 +91,7 @@ rule demo_clip_pairs:
     params:
         scenes=config["demo"]["clip_scenes"],
         seed=config["demo"]["seed"] + 6,
-        code=code_version("insight.demo"),
+        code=script_version("demo_clip_pairs"),
     script:
         "../scripts/demo_clip_pairs.py"
 
@@ -116,6 +116,6 @@ rule world_recovery:
         backbone=config["backbone"],
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
-        code=code_version("insight.pipeline"),
+        code=script_version("world_recovery"),
     script:
         "../scripts/world_recovery.py"

@@ -12,7 +12,7 @@ checkpoint index_images:
     params:
         kind=lambda wc: dataset_config(wc.dataset)["kind"],
         per_shard=config["images"]["per_shard"],
-        code=code_version("insight.images"),
+        code=script_version("index_images"),
     script:
         "../scripts/index_images.py"
 
@@ -38,7 +38,7 @@ rule train_dinoiser:
         device=config["device"],
         dinoiser=config["dinoiser"],
         images=config["images"],
-        code=code_version("insight.dinoiser", "insight.features"),
+        code=script_version("train_dinoiser"),
     script:
         "../scripts/train_dinoiser.py"
 
@@ -68,7 +68,7 @@ rule extract_features:
         gamma=config["dinoiser"]["gamma"],
         images=config["images"],
         features=config["features"],
-        code=code_version("insight.features"),
+        code=script_version("extract_features"),
     script:
         "../scripts/extract_features.py"
 
@@ -85,6 +85,6 @@ rule features_summary:
     conda:
         ENV
     params:
-        code=code_version("insight.features"),
+        code=script_version("features_summary"),
     script:
         "../scripts/features_summary.py"

@@ -17,7 +17,7 @@ rule cooccurrence_partial:
         runtime=60,
     params:
         min_activation=config["hierarchy"]["min_activation"],
-        code=code_version("insight.hierarchy"),
+        code=script_version("cooccurrence_partial"),
     script:
         "../scripts/cooccurrence_partial.py"
 
@@ -41,7 +41,7 @@ rule cooccurrence:
         mem_mb=config["resources"]["mem_mb_cooccurrence"],
     params:
         floor=config["hierarchy"]["floor"],
-        code=code_version("insight.hierarchy"),
+        code=script_version("cooccurrence"),
     script:
         "../scripts/cooccurrence.py"
 
@@ -61,6 +61,6 @@ rule family_dag:
         ENV
     params:
         threshold=config["hierarchy"]["threshold"],
-        code=code_version("insight.hierarchy"),
+        code=script_version("family_dag"),
     script:
         "../scripts/family_dag.py"

@@ -25,6 +25,6 @@ rule interpretability:
         backbone=config["backbone"],
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
-        code=code_version("insight.pipeline"),
+        code=script_version("interpretability"),
     script:
         "../scripts/interpretability.py"

@@ -10,7 +10,7 @@ rule vocabulary:
         ENV
     params:
         sources=config["vocabulary"],
-        code=code_version("insight.vocabulary"),
+        code=script_version("vocabulary"),
     script:
         "../scripts/vocabulary.py"
 
@@ -36,7 +36,7 @@ rule embed_vocabulary:
         device=config["device"],
         vocabulary=config["vocabulary"],
         cache="results/vocabulary/cache",
-        code=code_version("insight.pipeline"),
+        code=script_version("embed_vocabulary"),
     script:
         "../scripts/embed_vocabulary.py"
 
@@ -59,6 +59,6 @@ rule name_concepts:
     threads: 2
     params:
         naming=config["naming"],
-        code=code_version("insight.pipeline"),
+        code=script_version("name_concepts"),
     script:
         "../scripts/name_concepts.py"

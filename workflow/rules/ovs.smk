@@ -32,7 +32,7 @@ rule ovs:
         gamma=config["dinoiser"]["gamma"],
         precision=config["features"]["precision"],
         cache="results/vocabulary/cache",
-        code=code_version("insight.pipeline"),
+        code=script_version("ovs"),
     script:
         "../scripts/ovs.py"
 
@@ -56,6 +56,6 @@ rule ovs_table:
     conda:
         ENV
     params:
-        code=code_version("insight.ovs"),
+        code=script_version("ovs_table"),
     script:
         "../scripts/ovs_table.py"

@@ -18,7 +18,7 @@ rule train_sae:
         sae=config["sae"],
         device=config["device"],
         checkpoints="results/models/checkpoints",
-        code=code_version("insight.pipeline"),
+        code=script_version("train_sae"),
     script:
         "../scripts/train_sae.py"
 
@@ -43,7 +43,7 @@ rule encode_concepts:
     params:
         chunk=config["sae"]["encode_chunk"],
         device=config["device"],
-        code=code_version("insight.concepts"),
+        code=script_version("encode_concepts"),
     script:
         "../scripts/encode_concepts.py"
 
@@ -61,6 +61,6 @@ rule concepts_summary:
     conda:
         ENV
     params:
-        code=code_version("insight.concepts"),
+        code=script_version("concepts_summary"),
     script:
         "../scripts/concepts_summary.py"

@@ -16,6 +16,6 @@ rule browser:
         cfg=config["browser"],
         backbone=config["backbone"],
         cache="results/cache/thumbnails",
-        code=code_version("insight.pipeline"),
+        code=script_version("browser"),
     script:
         "../scripts/browser.py"

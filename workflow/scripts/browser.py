@@ -1,7 +1,8 @@
 """Rule browser: the static concept browser (results/browser/index.html)."""
 
-from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, build_browser
+from insight.core.logs import setup_logging
+from insight.models.backbone import backbone_spec
+from insight.views.browser import build_browser
 
 log = setup_logging(snakemake.log[0])
 counts = build_browser(

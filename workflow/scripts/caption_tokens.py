@@ -2,11 +2,12 @@
 
 import torch
 
-from insight.io import save_safetensors, write_json
-from insight.logs import setup_logging
-from insight.pipeline import caption_tokens, frozen_spec, load_frozen
-from insight.runtime import resolve_device
-from insight.sae import load_sae
+from insight.core.io import save_safetensors, write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.models.frozen import frozen_spec, load_frozen
+from insight.sae.model import load_sae
+from insight.tasks.captioning import caption_tokens
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -5,19 +5,18 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from insight.classification import imagefolder
-from insight.images import DatasetLayoutError
-from insight.io import write_json, write_parquet
-from insight.logs import setup_logging
-from insight.pipeline import (
+from insight.core.io import write_json, write_parquet
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.data.benchmarks import imagefolder
+from insight.data.images import DatasetLayoutError
+from insight.models.frozen import frozen_spec, load_frozen
+from insight.sae.model import load_sae
+from insight.tasks.classification import (
     classification_heatmaps,
     classification_results,
     classification_vectors,
-    frozen_spec,
-    load_frozen,
 )
-from insight.runtime import resolve_device
-from insight.sae import load_sae
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -2,8 +2,8 @@
 
 import csv
 
-from insight.io import atomic_path, read_json
-from insight.logs import setup_logging
+from insight.core.io import atomic_path, read_json
+from insight.core.logs import setup_logging
 
 log = setup_logging(snakemake.log[0])
 columns = ["method", "dataset", "top1", "top5", "nonzero_per_class", "status"]

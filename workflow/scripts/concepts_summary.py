@@ -1,8 +1,8 @@
 """Rule concepts_summary: how the concepts fire over a dataset."""
 
-from insight.concepts import summarise_concept_shards
-from insight.io import read_json, write_json
-from insight.logs import setup_logging
+from insight.core.io import read_json, write_json
+from insight.core.logs import setup_logging
+from insight.sae.encode import summarise_concept_shards
 
 log = setup_logging(snakemake.log[0])
 d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]

@@ -1,8 +1,8 @@
 """Rule cooccurrence: sum the partials, write D's entries above the floor and the totals."""
 
-from insight.hierarchy import cooccurrence_table, reduce_partials, totals_table
-from insight.io import read_json, write_parquet
-from insight.logs import setup_logging
+from insight.core.io import read_json, write_parquet
+from insight.core.logs import setup_logging
+from insight.hierarchy.cooccurrence import cooccurrence_table, reduce_partials, totals_table
 
 log = setup_logging(snakemake.log[0])
 d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]

@@ -1,8 +1,8 @@
 """Rule cooccurrence_partial: partial numerators and totals of D over some concept shards."""
 
-from insight.hierarchy import shards_partial
-from insight.io import read_json
-from insight.logs import setup_logging
+from insight.core.io import read_json
+from insight.core.logs import setup_logging
+from insight.hierarchy.cooccurrence import shards_partial
 
 log = setup_logging(snakemake.log[0])
 d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]

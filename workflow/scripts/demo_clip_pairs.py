@@ -1,8 +1,8 @@
 """Rule demo_clip_pairs: world scenes and close-ups with captions (CLIP training pairs)."""
 
-from insight.demo import make_clip_pairs
-from insight.io import atomic_dir
-from insight.logs import setup_logging
+from insight.core.io import atomic_dir
+from insight.core.logs import setup_logging
+from insight.demo.layouts import make_clip_pairs
 
 log = setup_logging(snakemake.log[0])
 with atomic_dir(snakemake.output[0]) as tmp:

@@ -1,8 +1,8 @@
 """Rule demo_imagefolder: a generated ImageFolder classification set."""
 
-from insight.demo import make_imagefolder
-from insight.io import atomic_dir
-from insight.logs import setup_logging
+from insight.core.io import atomic_dir
+from insight.core.logs import setup_logging
+from insight.demo.layouts import make_imagefolder
 
 log = setup_logging(snakemake.log[0])
 per_class = snakemake.params.per_class

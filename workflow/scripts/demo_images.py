@@ -1,8 +1,8 @@
 """Rule demo_images: write the offline demo's generated scenes."""
 
-from insight.demo import make_scene_images, write_bad_images
-from insight.io import atomic_dir
-from insight.logs import setup_logging
+from insight.core.io import atomic_dir
+from insight.core.logs import setup_logging
+from insight.demo.layouts import make_scene_images, write_bad_images
 
 log = setup_logging(snakemake.log[0])
 with atomic_dir(snakemake.output[0]) as tmp:

@@ -4,11 +4,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from insight.io import write_parquet
-from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, embed_vocabulary
-from insight.runtime import resolve_device
-from insight.vocabulary import build_index, save_index, user_embedding_table
+from insight.core.io import write_parquet
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.models.backbone import backbone_spec
+from insight.naming.embed import embed_vocabulary
+from insight.naming.vocabulary import build_index, save_index, user_embedding_table
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -2,9 +2,9 @@
 
 import torch
 
-from insight.logs import setup_logging
-from insight.pipeline import encode_concept_shard
-from insight.runtime import resolve_device
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.sae.encode import encode_concept_shard
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

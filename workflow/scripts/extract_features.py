@@ -3,9 +3,10 @@
 import pyarrow.parquet as pq
 import torch
 
-from insight.logs import setup_logging
-from insight.pipeline import extract_config, extract_shard_from_index, frozen_spec
-from insight.runtime import resolve_device
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.features.extract import extract_config, extract_shard_from_index
+from insight.models.frozen import frozen_spec
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -2,9 +2,9 @@
 
 import pyarrow.parquet as pq
 
-from insight.hierarchy import dag_summary, family_dag, write_families
-from insight.io import write_json
-from insight.logs import setup_logging
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.hierarchy.families import dag_summary, family_dag, write_families
 
 log = setup_logging(snakemake.log[0])
 graph, dropped = family_dag(

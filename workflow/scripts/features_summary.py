@@ -1,8 +1,8 @@
 """Rule features_summary: images, patches and rejected images of a dataset."""
 
-from insight.features import summarise_shards
-from insight.io import write_json
-from insight.logs import setup_logging
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.features.shards import summarise_shards
 
 log = setup_logging(snakemake.log[0])
 summary = summarise_shards(snakemake.input.features, snakemake.input.rejected)

@@ -1,8 +1,8 @@
 """Rule index_images: list a dataset's images and assign shards."""
 
-from insight.images import assign_shards, list_images
-from insight.io import write_json, write_parquet
-from insight.logs import setup_logging
+from insight.core.io import write_json, write_parquet
+from insight.core.logs import setup_logging
+from insight.data.images import assign_shards, list_images
 
 log = setup_logging(snakemake.log[0])
 refs = list_images(snakemake.input[0], snakemake.params.kind)

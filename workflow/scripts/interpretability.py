@@ -4,10 +4,11 @@ import csv
 
 import torch
 
-from insight.io import atomic_path
-from insight.logs import setup_logging
-from insight.pipeline import frozen_spec, interpretability_rows
-from insight.runtime import resolve_device
+from insight.core.io import atomic_path
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.models.frozen import frozen_spec
+from insight.tasks.interpretability import interpretability_rows
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

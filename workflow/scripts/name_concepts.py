@@ -2,9 +2,9 @@
 
 import torch
 
-from insight.io import write_parquet
-from insight.logs import setup_logging
-from insight.pipeline import name_concepts
+from insight.core.io import write_parquet
+from insight.core.logs import setup_logging
+from insight.naming.names import name_concepts
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import torch
 
-from insight.images import DatasetLayoutError
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import evaluate_ovs, frozen_spec
-from insight.runtime import resolve_device
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.data.images import DatasetLayoutError
+from insight.models.frozen import frozen_spec
+from insight.tasks.ovs import evaluate_ovs
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

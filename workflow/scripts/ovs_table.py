@@ -2,9 +2,9 @@
 
 import csv
 
-from insight.io import atomic_path, read_json
-from insight.logs import setup_logging
-from insight.ovs import markdown_table, ovs_table
+from insight.core.io import atomic_path, read_json
+from insight.core.logs import setup_logging
+from insight.tasks.ovs import markdown_table, ovs_table
 
 log = setup_logging(snakemake.log[0])
 results = {read_json(path)["dataset"]: read_json(path) for path in snakemake.input}

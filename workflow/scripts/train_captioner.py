@@ -2,10 +2,10 @@
 
 import torch
 
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import train_captioning_method
-from insight.runtime import resolve_device
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.tasks.captioning import train_captioning_method
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

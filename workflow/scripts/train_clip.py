@@ -2,10 +2,11 @@
 
 import torch
 
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import backbone_spec, train_clip_from_pairs
-from insight.runtime import resolve_device
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.demo.clip_training import train_clip_from_pairs
+from insight.models.backbone import backbone_spec
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -3,18 +3,17 @@
 import pyarrow.parquet as pq
 import torch
 
-from insight.dinoiser import save_dinoiser
-from insight.images import ImageRef
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import (
-    backbone_spec,
-    decode_policy,
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.data.images import ImageRef, decode_policy
+from insight.models.backbone import backbone_spec
+from insight.models.dinoiser import save_dinoiser
+from insight.models.dinoiser_training import (
     dinoiser_train_config,
     teacher_spec,
     train_dinoiser_from_images,
 )
-from insight.runtime import resolve_device
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -2,11 +2,11 @@
 
 import torch
 
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import train_sae_from_shards
-from insight.runtime import resolve_device
-from insight.sae import save_sae
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.sae.model import save_sae
+from insight.sae.training import train_sae_from_shards
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,8 +1,8 @@
 """Rule vocabulary: collect, normalise and deduplicate the term sources."""
 
-from insight.io import write_parquet
-from insight.logs import setup_logging
-from insight.vocabulary import build_vocabulary, collect_sources
+from insight.core.io import write_parquet
+from insight.core.logs import setup_logging
+from insight.naming.vocabulary import build_vocabulary, collect_sources
 
 log = setup_logging(snakemake.log[0])
 sources = collect_sources(snakemake.params.sources)

@@ -2,10 +2,11 @@
 
 import torch
 
-from insight.io import write_json
-from insight.logs import setup_logging
-from insight.pipeline import frozen_spec, world_recovery
-from insight.runtime import resolve_device
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.demo.recovery import world_recovery
+from insight.models.frozen import frozen_spec
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,0 +1,184 @@
+"""Contrastive training of a (tiny) open_clip model on image/caption pairs.
+
+The offline demo trains ``insight-tiny-ViT-B-16`` on the generated world so that every
+later stage runs on a model that has learned something. It is plain CLIP training
+(Radford et al. 2021) through open_clip itself: the model comes from
+``open_clip.create_model_and_transforms`` (the same code path as a real checkpoint),
+the loss is open_clip's symmetric InfoNCE :class:`open_clip.ClipLoss` with the learnable
+temperature, the optimiser AdamW with a linear warm-up and cosine decay. The weights
+are saved as safetensors, which ``backbone.checkpoint`` loads like any local checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from insight.core.io import save_safetensors
+from insight.core.logs import progress
+from insight.core.settings import from_config
+from insight.data.batches import BatchTransform
+from insight.models.backbone import (
+    BackboneSpec,
+    load_clip,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipTrainConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2.0e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+
+
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_clip(
+    spec: BackboneSpec,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    config: ClipTrainConfig,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train the open_clip model of ``spec`` (from its initial weights) on ``images``
+    (N, H, W, 3) uint8 at the model's input size and their ``captions``; batches are
+    normalised by the model's own transform (:class:`insight.features.BatchTransform`).
+
+    Returns the model (eval mode) and metrics: the loss per epoch and the final
+    image->text retrieval accuracy on the training batches (a sanity check, not a
+    benchmark). Deterministic for a given seed on one thread count.
+    """
+    import open_clip
+
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if len(images) < config.batch_size:
+        raise ValueError(f"need at least batch_size={config.batch_size} pairs, got {len(images)}")
+    model, preprocess, tokenizer = load_clip(spec, device)
+    model.train().requires_grad_(True)
+    transform = BatchTransform(preprocess)
+    tokens = tokenizer(list(captions)).to(device)
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
+    steps_per_epoch = len(images) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: cosine_schedule(step, total, config.warmup_steps)
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    losses, correct, seen = [], 0, 0
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(images), generator=generator)
+        epoch_loss, correct, seen = 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            pixels = transform.batch(images[batch], device)
+            image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+                matches = (image_features @ text_features.T).argmax(1)
+                correct += int((matches.cpu() == torch.arange(len(batch))).sum())
+                seen += len(batch)
+            epoch_loss += loss.item()
+        losses.append(epoch_loss / steps_per_epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    model.eval().requires_grad_(False)
+    metrics = {
+        "pairs": len(images),
+        "epochs": config.epochs,
+        "loss_per_epoch": losses,
+        "final_batch_retrieval_accuracy": correct / max(seen, 1),
+        "logit_scale": float(model.logit_scale.exp()),
+    }
+    return model, metrics
+
+
+def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:
+    """The model's state dict as safetensors (``backbone.checkpoint`` loads it)."""
+    save_safetensors(model.state_dict(), path, metadata)
+
+
+def images_to_tensor(images: Sequence, size: int) -> torch.Tensor:
+    """PIL images, resized to ``size`` squared, as one uint8 tensor (N, size, size, 3)."""
+    from PIL import Image
+
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+        for im in images
+    ]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def train_clip_from_pairs(
+    pairs_csv: str | Path,
+    spec: BackboneSpec,
+    cfg: dict,
+    out_path: str | Path,
+    device: torch.device,
+) -> dict:
+    """Train ``spec.model`` from scratch on a CSV of (path, caption) pairs and save its
+    weights (safetensors) for ``backbone.checkpoint``; returns the training metrics."""
+    import open_clip
+    import pyarrow.csv as pcsv
+
+    table = pcsv.read_csv(pairs_csv)
+    missing = {"path", "caption"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{pairs_csv}: missing columns {sorted(missing)} (need path, caption)")
+    root = Path(pairs_csv).parent
+    paths, captions = table["path"].to_pylist(), table["caption"].to_pylist()
+    config = from_config(ClipTrainConfig, cfg)
+    size = open_clip.get_model_config(spec.model)["vision_cfg"]["image_size"]  # no model built
+    images, bar = [], progress(len(paths), "load pairs", "img")
+    for path in paths:
+        with Image.open(root / path) as image:
+            images.append(image.convert("RGB"))
+        bar.update(1)
+    bar.close()
+    pixels = images_to_tensor(images, size)
+    bar = progress(config.epochs, "train CLIP", "epoch")
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.update(1)
+        log.info("epoch %d: contrastive loss %.4f", epoch, loss)
+
+    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch)
+    bar.close()
+    save_clip(model, out_path, {"model": spec.model, "pairs": str(pairs_csv)})
+    return {**metrics, "model": spec.model, "config": dataclasses.asdict(config)}

@@ -1,0 +1,70 @@
+"""The frozen models a job loads once: CLIP, its tokenizer, the DINOised dense encoder and the image transform."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from insight.data.batches import BatchTransform
+from insight.models.backbone import (
+    BackboneSpec,
+    backbone_spec,
+    load_clip,
+)
+from insight.models.dense import DenseEncoder
+from insight.models.dinoiser import load_dinoiser
+
+
+@dataclasses.dataclass
+class FrozenModels:
+    """What a model job loads once: the frozen CLIP (text tower, global embedding), its
+    tokenizer, the DINOised dense encoder over its visual tower, and the image transform."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    encoder: DenseEncoder
+    transform: BatchTransform
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenSpec:
+    """What :func:`load_frozen` loads: the CLIP backbone, the DINOiser weights (None: plain
+    MaskCLIP features), the guided-pooling threshold gamma (Eq. 1) and the precision the
+    visual weights are cast to."""
+
+    backbone: BackboneSpec
+    dinoiser_path: str | Path | None
+    gamma: float
+    precision: str = "fp32"
+
+
+def frozen_spec(
+    backbone: dict, dinoiser: Sequence[str | Path], gamma: float, precision: str = "fp32"
+) -> FrozenSpec:
+    """A :class:`FrozenSpec` from the ``backbone`` config section and a model job's
+    ``dinoiser`` input (empty when the DINOiser is disabled, else its one weights file)."""
+    return FrozenSpec(backbone_spec(backbone), dinoiser[0] if dinoiser else None, gamma, precision)
+
+
+def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:
+    """Load CLIP and the DINOiser once; the visual weights are cast to ``frozen.precision``."""
+    model, preprocess, tokenizer = load_clip(frozen.backbone, device)
+    dinoiser = load_dinoiser(frozen.dinoiser_path).to(device) if frozen.dinoiser_path else None
+    encoder = DenseEncoder(model.visual, dinoiser, frozen.gamma, frozen.precision)
+    return FrozenModels(model, tokenizer, encoder.to(device).eval(), BatchTransform(preprocess))
+
+
+def squashed_input(
+    image_path: str | Path, models: FrozenModels, device: torch.device
+) -> torch.Tensor:
+    """One image resized (squashed, bicubic) to the model's input size and normalised, as a
+    batch of one: its patch grid then maps onto the image's label map exactly."""
+    size = tuple(models.model.visual.image_size)
+    with Image.open(image_path) as image:
+        pixels = np.array(image.convert("RGB").resize(size[::-1], Image.BICUBIC), np.uint8)
+    return models.transform.batch(torch.from_numpy(pixels)[None], device)

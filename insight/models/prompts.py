@@ -1,0 +1,78 @@
+"""Prompt templates and template-averaged text embeddings (Eq. B.11; the 80 CLIP ImageNet templates for class names)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def class_text_embeddings(
+    classes: Sequence[str], encode: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
+    """Unit class embeddings: each of the 80 templates normalised, averaged, renormalised."""
+    templates = tuple(template("{}") for template in imagenet_prompts())
+    return template_embeddings(list(classes), encode, {"ovs": templates})["ovs"].astype(np.float32)
+
+
+def imagenet_prompts() -> list[Callable[[str], str]]:
+    """The 80 CLIP ImageNet templates (each normalised, averaged, renormalised by the caller)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "noun": (
+        "a photo of a {}.",
+        "a picture of a {}.",
+        "an image containing a {}.",
+        "a close-up photo of a {}.",
+        "a photo of the {}.",
+        "a cropped photo of a {}.",
+        "there is a {} in this picture.",
+        "a photo showing a {}.",
+        "a blurry photo of a {}.",
+        "a photo of a small {}.",
+    ),
+    "verb": (
+        "a photo of someone {}.",
+        "a photo of something {}.",
+        "a picture of someone {}.",
+        "an image of people {}.",
+        "a photo of an animal {}.",
+        "a photo of a person {}.",
+        "a scene of someone {}.",
+        "a close-up photo of someone {}.",
+        "a blurry photo of someone {}.",
+        "a photo of things {}.",
+    ),
+    "adjective": (
+        "something that is {}.",
+        "a photo of something that is {}.",
+        "a {} object.",
+        "a photo of a {} thing.",
+        "an image of something {}.",
+        "a close-up of something {}.",
+        "a {} surface.",
+        "a picture of something that looks {}.",
+        "a photo of a {} scene.",
+        "it looks {}.",
+    ),
+}
+
+
+def template_embeddings(
+    terms: list[str],
+    encode: Callable[[list[str]], np.ndarray],
+    templates: dict[str, tuple[str, ...]] = TEMPLATES,
+) -> dict[str, np.ndarray]:
+    """Eq. B.11: for each part of speech p, ``E_p(v)`` = normalise(mean_k normalise(T(tau_k^p(v))))."""
+    out = {}
+    for pos, pos_templates in templates.items():
+        prompts = [template.format(term) for term in terms for template in pos_templates]
+        vectors = encode(prompts).reshape(len(terms), len(pos_templates), -1)
+        vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+        mean = vectors.mean(axis=1)
+        out[pos] = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+    return out

@@ -1,0 +1,196 @@
+"""Concept naming (Sec. 3.4, App. B.4).
+
+- ``decoder`` (Eq. 6, the baseline): ``v_i = W_dec[i] + b_dec``. (Eq. 6 prints argmin;
+  the text says maximum cosine similarity, which is what is meant and what we do.)
+- ``hierarchy`` (Eq. B.9): ``v_i = b_dec + alpha * w_ii * W_dec[i] + sum_{a parent of i}
+  D[i, a] * w_ia * W_dec[a]`` with alpha = 1.33 and ``w_ia`` the mean activation of
+  concept a over the top-30 patches of concept i (patches where a is silent count as
+  0). "Parent" is a *direct* parent in the family DAG, as Eq. B.9 writes it.
+- The name is ``argmax_v max_p cos(v_i, E_p(v))`` over the vocabulary (Eq. B.12-B.13),
+  looked up in a FAISS inner-product index of the unit template embeddings.
+- A concept that never fired has no top patches; it is not named (``name`` null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from insight.naming.vocabulary import load_index
+from insight.sae.model import load_sae
+
+NAME_SCHEMA = pa.schema(
+    [
+        ("concept", pa.int32()),
+        ("name", pa.string()),
+        ("score", pa.float32()),
+        ("method", pa.string()),
+        ("runner_up", pa.list_(pa.string())),
+        ("runner_up_scores", pa.list_(pa.float32())),
+        ("group", pa.int32()),
+        ("frequency", pa.int64()),
+    ]
+)
+
+
+def top_patch_weights(
+    concept_paths: Sequence[str | Path], families: pa.Table, top: int = 30
+) -> pa.Table:
+    """``w_ia`` for every concept i and every a in {i} and the parents of i: the mean
+    activation of a over the ``top`` most activating patches of i (DuckDB, out of core)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("families", families)
+    return con.sql(
+        """
+        with acts as (select image_id, patch, concept, activation from read_parquet($files)),
+        top_patches as (
+            select concept, image_id, patch from acts
+            qualify row_number() over (partition by concept order by activation desc, image_id, patch) <= $top
+        ),
+        counts as (select concept, count(*) as n from top_patches group by concept),
+        wanted as (
+            select child as concept, parent as other from families
+            union select concept, concept from counts
+        )
+        select t.concept, a.concept as other, sum(a.activation) / any_value(c.n) as weight
+        from top_patches t
+        join acts a using (image_id, patch)
+        join wanted w on w.concept = t.concept and w.other = a.concept
+        join counts c on c.concept = t.concept
+        group by t.concept, a.concept
+        order by t.concept, a.concept
+        """,
+        params={"files": [str(p) for p in concept_paths], "top": top},
+    ).to_arrow_table()
+
+
+def concept_vectors(
+    w_dec: np.ndarray,
+    b_dec: np.ndarray,
+    method: str = "hierarchy",
+    weights: pa.Table | None = None,
+    families: pa.Table | None = None,
+    alpha: float = 1.33,
+) -> np.ndarray:
+    """Concept vectors (m, d) to name: Eq. 6 (``decoder``) or Eq. B.9 (``hierarchy``)."""
+    if method == "decoder":
+        return w_dec + b_dec
+    if method != "hierarchy":
+        raise ValueError(f"naming.method must be hierarchy or decoder, got {method!r}")
+    if weights is None or families is None:
+        raise ValueError("hierarchy naming needs the top-patch weights and the family DAG")
+    m = w_dec.shape[0]
+    w = {
+        (c, o): v
+        for c, o, v in zip(
+            *(weights[k].to_pylist() for k in ("concept", "other", "weight")), strict=True
+        )
+    }
+    own = np.array([w.get((i, i), 0.0) for i in range(m)])
+    vectors = b_dec + alpha * own[:, None] * w_dec
+    for parent, child, confidence in zip(
+        *(families[k].to_pylist() for k in ("parent", "child", "confidence")), strict=True
+    ):
+        vectors[child] += confidence * w.get((child, parent), 0.0) * w_dec[parent]
+    return vectors
+
+
+def name_vectors(
+    vectors: np.ndarray, index, terms: Sequence[str], runner_up: int = 5, rows_per_term: int = 3
+) -> tuple[list[str], np.ndarray, list[list[str]], list[list[float]]]:
+    """For each vector: the best term by max-over-rows cosine (Eq. B.12-B.13), its score and
+    the ``runner_up`` next distinct terms. ``terms[r]`` is the term of index row r."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    k = min(index.ntotal, (runner_up + 1) * rows_per_term + 8)
+    scores, rows = index.search(np.ascontiguousarray(unit, dtype=np.float32), k)
+    names, best, others, other_scores = [], np.zeros(len(vectors), dtype=np.float32), [], []
+    for i in range(len(vectors)):
+        ranked: dict[str, float] = {}
+        for score, row in zip(scores[i], rows[i], strict=True):
+            if row >= 0 and terms[row] not in ranked:
+                ranked[terms[row]] = float(score)
+        ordered = list(ranked.items())
+        names.append(ordered[0][0])
+        best[i] = ordered[0][1]
+        others.append([t for t, _ in ordered[1 : runner_up + 1]])
+        other_scores.append([s for _, s in ordered[1 : runner_up + 1]])
+    return names, best, others, other_scores
+
+
+def concept_names(names: pa.Table | str | Path | None) -> dict[int, str | None]:
+    """``concept -> name`` from ``names.parquet`` (a path or its table); empty for None."""
+    if names is None:
+        return {}
+    if not isinstance(names, pa.Table):
+        import pyarrow.parquet as pq
+
+        names = pq.read_table(names, columns=["concept", "name"])
+    return dict(zip(names["concept"].to_pylist(), names["name"].to_pylist(), strict=True))
+
+
+def names_table(
+    vectors: np.ndarray,
+    index,
+    terms: Sequence[str],
+    method: str,
+    groups: np.ndarray,
+    frequency: np.ndarray,
+    runner_up: int = 5,
+) -> pa.Table:
+    """``names.parquet``: every concept with its name (null if it never fired), score,
+    method, runner-up names, Matryoshka group and frequency (patches where it fired)."""
+    names, scores, others, other_scores = name_vectors(vectors, index, terms, runner_up)
+    silent = frequency == 0
+    return pa.table(
+        {
+            "concept": np.arange(len(vectors), dtype=np.int32),
+            "name": [None if s else n for n, s in zip(names, silent, strict=True)],
+            "score": np.where(silent, np.nan, scores).astype(np.float32),
+            "method": [method] * len(vectors),
+            "runner_up": [[] if s else o for o, s in zip(others, silent, strict=True)],
+            "runner_up_scores": [[] if s else o for o, s in zip(other_scores, silent, strict=True)],
+            "group": groups.astype(np.int32),
+            "frequency": frequency.astype(np.int64),
+        },
+        schema=NAME_SCHEMA,
+    )
+
+
+def name_concepts(
+    sae_path: str | Path,
+    families_path: str | Path,
+    totals_path: str | Path,
+    concept_paths: Sequence[str | Path],
+    embeddings_path: str | Path,
+    index_path: str | Path,
+    cfg: dict,
+) -> pa.Table:
+    """Sec. 3.4: concept vectors (Eq. 6 or B.9) named against the vocabulary (B.12-B.13)."""
+    sae = load_sae(sae_path)
+    w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
+    families = pq.read_table(families_path)
+    weights = (
+        top_patch_weights(concept_paths, families, cfg["top_patches"])
+        if cfg["method"] == "hierarchy"
+        else None
+    )
+    vectors = concept_vectors(w_dec, b_dec, cfg["method"], weights, families, cfg["alpha"])
+    terms = pq.read_table(embeddings_path, columns=["term"])["term"].to_pylist()
+    totals = pq.read_table(totals_path)
+    groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()
+    return names_table(
+        vectors,
+        load_index(index_path),
+        terms,
+        cfg["method"],
+        groups,
+        totals["frequency"].to_numpy(),
+        cfg["runner_up"],
+    )

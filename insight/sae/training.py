@@ -1,0 +1,359 @@
+"""Training the SAE on feature shards: the data provider, the trainer, held-out metrics.
+
+As in SAELens the trainer knows nothing of the data's origin: :class:`FeatureBatches`
+is a plain, seeded, resumable iterator of float32 tensors; :class:`SAETrainer` runs
+``step()``/``fit()`` with Adam and checkpoints its whole state (model, optimiser,
+position in the data), so a killed run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from insight.core.io import atomic_path
+from insight.core.logs import progress
+from insight.core.settings import from_config
+from insight.features.shards import embeddings_of
+from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
+
+
+def sae_config(cfg: dict, d_in: int) -> SAEConfig:
+    """The SAE architecture from the ``sae`` config section (groups from ratios unless given)."""
+    groups = (
+        tuple(cfg["groups"])
+        if cfg.get("groups")
+        else matryoshka_group_sizes(cfg["d_sae"], tuple(cfg["group_ratios"]))
+    )
+    return SAEConfig(
+        d_in=d_in,
+        d_sae=cfg["d_sae"],
+        k=cfg["k"],
+        group_sizes=groups,
+        k_aux=cfg["k_aux"],
+        aux_coefficient=cfg["aux_coefficient"],
+        dead_after=cfg["dead_after"],
+        threshold_momentum=cfg["threshold_momentum"],
+    )
+
+
+def train_sae_from_shards(
+    feature_paths: Sequence[str | Path],
+    cfg: dict,
+    device: torch.device,
+    checkpoint_dir: str | Path,
+) -> tuple[MatryoshkaBatchTopKSAE, dict]:
+    """App. B.2: train on the training split of the shards, evaluate on the held-out images.
+
+    The checkpoint file name is a hash of the config and the inputs, so a changed
+    setting never resumes from a stale run; it is removed once training has finished.
+    """
+    paths = [str(p) for p in feature_paths]
+    d_in = pq.read_schema(paths[0]).field("embedding").type.list_size
+    config = sae_config(cfg, d_in)
+    train = from_config(TrainConfig, cfg)
+    data = FeatureBatches(
+        paths, train.batch_size, "train", cfg["holdout_fraction"], cfg["shuffle_buffer"], train.seed
+    )
+    key = hashlib.sha256(json.dumps([cfg, paths], sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint = Path(checkpoint_dir) / f"sae-{key}.pt"
+    trainer = SAETrainer(
+        MatryoshkaBatchTopKSAE(config, seed=train.seed), train, data, checkpoint, device
+    )
+    trainer.load_checkpoint()
+    bar = progress(trainer.total_steps(), "train SAE", "step")
+    bar.update(trainer.global_step)
+
+    def on_step(_trainer: SAETrainer, step_metrics: dict) -> None:
+        bar.update(1)
+        if _trainer.global_step % train.log_every == 0 or _trainer.global_step == 1:
+            metrics = _trainer.last_metrics
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4g}",
+                fve=f"{metrics['fve']:.3f}",
+                l0=f"{metrics['l0']:.1f}",
+                dead=metrics["dead"],
+            )
+            log.info("step %d: %s", _trainer.global_step, metrics)
+
+    last = trainer.fit(on_step)
+    bar.close()
+    heldout = FeatureBatches(
+        paths, train.batch_size, "heldout", cfg["holdout_fraction"], seed=train.seed
+    )
+    metrics = {
+        "train_last_step": last,
+        "steps": trainer.global_step,
+        "train_rows_per_epoch": data.count_rows(),
+        "heldout": evaluate(trainer.sae, heldout.epoch(0, shuffle=False, drop_last=False), device),
+    }
+    trainer.sae.cpu()
+    checkpoint.unlink(missing_ok=True)
+    return trainer.sae, {
+        "config": config.to_dict(),
+        "training": {**train.__dict__},
+        "metrics": metrics,
+    }
+
+
+log = logging.getLogger(__name__)
+
+
+def held_out_mask(image_ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """Rows whose *image* is held out: a stable hash of ``image_id`` (crc32 mod 10,000) below
+    ``fraction`` * 10,000, so all patches of an image fall on the same side."""
+    if isinstance(image_ids, pa.ChunkedArray):
+        image_ids = image_ids.combine_chunks()
+    encoded = pc.dictionary_encode(image_ids)
+    buckets = np.array(
+        [zlib.crc32(s.encode()) % 10_000 for s in encoded.dictionary.to_pylist()], dtype=np.int64
+    )
+    per_image = buckets < round(fraction * 10_000)
+    return per_image[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+class FeatureBatches:
+    """Seeded batches of patch embeddings from feature shards, for one split.
+
+    Each epoch visits the row groups of all shards in a seeded random order, keeps the
+    rows of the split (``train`` or ``heldout``, by image), and shuffles them through a
+    buffer of ``shuffle_buffer`` rows; the last incomplete batch is dropped in training.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int,
+        split: str = "train",
+        holdout_fraction: float = 0.1,
+        shuffle_buffer: int = 262_144,
+        seed: int = 0,
+    ):
+        if split not in ("train", "heldout"):
+            raise ValueError("split must be 'train' or 'heldout'")
+        self.paths = [str(p) for p in paths]
+        self.batch_size = batch_size
+        self.split = split
+        self.holdout_fraction = holdout_fraction
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.seed = seed
+        self.row_groups = [
+            (p, g) for p in self.paths for g in range(pq.ParquetFile(p).num_row_groups)
+        ]
+        if not self.row_groups:
+            raise ValueError("no feature shards to train on")
+        self.d_in = pq.read_schema(self.paths[0]).field("embedding").type.list_size
+
+    def _rows(self, path: str, group: int) -> np.ndarray:
+        table = pq.ParquetFile(path).read_row_group(group, columns=["image_id", "embedding"])
+        rows = embeddings_of(table)
+        if not np.isfinite(rows).all():
+            raise FloatingPointError(f"non-finite feature values in {path}, row group {group}")
+        held = held_out_mask(table["image_id"], self.holdout_fraction)
+        return rows[held if self.split == "heldout" else ~held]
+
+    def count_rows(self) -> int:
+        return sum(len(self._rows(p, g)) for p, g in self.row_groups)
+
+    def epoch(
+        self, epoch: int, shuffle: bool = True, drop_last: bool = True
+    ) -> Iterator[torch.Tensor]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = (
+            rng.permutation(len(self.row_groups)) if shuffle else np.arange(len(self.row_groups))
+        )
+        buffer = np.empty((0, self.d_in), dtype=np.float32)
+        for position in order:
+            buffer = np.concatenate([buffer, self._rows(*self.row_groups[position])])
+            if len(buffer) >= self.shuffle_buffer:
+                if shuffle:
+                    buffer = buffer[rng.permutation(len(buffer))]
+                usable = len(buffer) - len(buffer) % self.batch_size
+                for start in range(0, usable, self.batch_size):
+                    yield torch.from_numpy(buffer[start : start + self.batch_size])
+                buffer = buffer[usable:]
+        if shuffle:
+            buffer = buffer[rng.permutation(len(buffer))]
+        for start in range(0, len(buffer), self.batch_size):
+            chunk = buffer[start : start + self.batch_size]
+            if len(chunk) == self.batch_size or not drop_last:
+                yield torch.from_numpy(chunk)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-4
+    batch_size: int = 16384
+    epochs: int = 3
+    max_steps: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+
+
+class SAETrainer:
+    """Adam on the Matryoshka BatchTopK objective, with full-state checkpoints."""
+
+    def __init__(
+        self,
+        sae: MatryoshkaBatchTopKSAE,
+        config: TrainConfig,
+        data: FeatureBatches | None,
+        checkpoint_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.sae = sae.to(device)
+        self.config = config
+        self.data = data
+        self.device = torch.device(device)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+
+    def step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch; returns its metrics as 0-d tensors (reading
+        them with ``float()`` waits for the device, so the loop only does it when logging)."""
+        batch = batch.to(self.device, non_blocking=True)
+        out = self.sae.training_losses(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"SAE loss is {loss.item()} at step {self.global_step} (epoch {self.epoch}, batch {self.step_in_epoch})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.remove_parallel_decoder_grad()
+        self.optimizer.step()
+        self.sae.normalise_decoder()
+        self.sae.update_statistics(out["cols"], out["acts"], batch.shape[0])
+        with torch.no_grad():
+            variance = (batch - batch.mean(0)).pow(2).sum()
+            residual = (batch - out["x_hat"]).pow(2).sum()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self._metrics = {
+            "loss": loss.detach(),
+            "fve": 1.0 - residual / variance.clamp(min=1e-12),
+            "l0": out["l0"],
+            "dead": self.sae.dead_count(),
+            "aux": out["aux"].detach(),
+        }
+        return self._metrics
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The last step's metrics as Python numbers."""
+        return {name: float(value) for name, value in getattr(self, "_metrics", {}).items()}
+
+    def total_steps(self) -> int:
+        if not hasattr(self, "_steps_per_epoch"):
+            self._steps_per_epoch = self.data.count_rows() // self.config.batch_size
+        total = self._steps_per_epoch * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def fit(self, on_step: Callable[[SAETrainer, dict], None] | None = None) -> dict[str, float]:
+        """Train until ``epochs`` (or ``max_steps``) are done, resuming from the trainer state."""
+        total = self.total_steps()
+        if total == 0:
+            raise ValueError(f"not enough training rows for one batch of {self.config.batch_size}")
+        while self.epoch < self.config.epochs and self.global_step < total:
+            batches = self.data.epoch(self.epoch)
+            for _ in range(self.step_in_epoch):  # resume: skip what this epoch already trained on
+                next(batches)
+            for batch in batches:
+                metrics = self.step(batch)
+                if on_step is not None:
+                    on_step(self, metrics)
+                if self.checkpoint_path and self.global_step % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.global_step >= total:
+                    break
+            else:
+                self.epoch += 1
+                self.step_in_epoch = 0
+                continue
+            break
+        return self.last_metrics
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "config": asdict(self.config),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        """Resume from the checkpoint if one exists (loaded with ``weights_only=True``)."""
+        if not self.checkpoint_path or not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        self.sae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step_in_epoch, self.global_step = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+        )
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.global_step)
+        return True
+
+
+@torch.no_grad()
+def evaluate(
+    sae: MatryoshkaBatchTopKSAE, batches: Iterator[torch.Tensor], device: torch.device | str = "cpu"
+) -> dict:
+    """Held-out metrics: FVE overall and per Matryoshka prefix (thresholded codes), mean L0
+    of the thresholded and of the BatchTopK codes, and dead latents."""
+    cfg = sae.config
+    n = 0
+    total = torch.zeros(cfg.d_in, dtype=torch.float64)
+    total_sq = torch.zeros((), dtype=torch.float64)
+    prefix_sse = torch.zeros(len(cfg.group_ends), dtype=torch.float64)
+    l0_threshold = l0_topk = 0.0
+    fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+    for batch in batches:
+        x = batch.to(device)
+        codes = sae.encode(x)
+        topk_codes = sae.encode_batch_topk(x)
+        for j, end in enumerate(cfg.group_ends):
+            prefix_sse[j] += (sae.decode(codes, end) - x).double().pow(2).sum().cpu()
+        l0_threshold += (codes > 0).sum().item()
+        l0_topk += (topk_codes > 0).sum().item()
+        fired |= (codes > 0).any(0).cpu()
+        total += x.double().sum(0).cpu()
+        total_sq += x.double().pow(2).sum().cpu()
+        n += x.shape[0]
+    if n == 0:
+        raise ValueError(
+            "no held-out rows to evaluate on (too few images for the held-out fraction?)"
+        )
+    sst = total_sq - total.pow(2).sum() / n
+    fve = (1 - prefix_sse / sst).tolist()
+    return {
+        "heldout_rows": n,
+        "fve": fve[-1],
+        "fve_per_prefix": fve,
+        "l0_threshold": l0_threshold / n,
+        "l0_batch_topk": l0_topk / n,
+        "dead_latents": sae.dead_latents(),
+        "never_fired_heldout": int((~fired).sum()),
+        "threshold": float(sae.threshold),
+    }

@@ -1,0 +1,270 @@
+"""Open-vocabulary segmentation evaluation with three methods in one pass (Sec. 4.4).
+
+For every image (resized to the protocol size, cut into 448-pixel windows with stride
+224) the DINOised patch features of a window are computed once and scored by three
+methods, each against the class text embeddings (80 ImageNet templates, Eq. B.11 with a
+single template set), as ``logit_scale * cos``:
+
+- ``clip_dinoiser``: the DINOised features themselves (the opaque baseline);
+- ``insight``: their SAE reconstruction with BatchTopK over the window's patches;
+- ``insight_thresholded``: their reconstruction from the batch-independent
+  thresholded codes.
+
+Window logits are averaged, resized bilinearly to the image's original size and
+argmaxed. Background (datasets whose class 0 is background): ``prompt`` scores a
+"background" prompt like any class; ``threshold`` predicts background where the
+largest class probability (softmax of the logits) is below ``threshold`` (scored
+classes then exclude background).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from insight.core.io import read_label_map, write_json
+from insight.core.logs import progress
+from insight.core.settings import from_config
+from insight.data.batches import BatchTransform
+from insight.data.benchmarks import OVSDataset, benchmark, list_pairs
+from insight.models.backbone import (
+    patch_grid,
+)
+from insight.models.dense import DenseEncoder
+from insight.models.frozen import FrozenSpec, load_frozen
+from insight.models.prompts import (
+    class_text_embeddings,
+)
+from insight.models.text import cached_text_encoder
+from insight.naming.names import concept_names
+from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
+from insight.tasks.ovs_explain import explain_image, explanation_figure, save_prediction_png
+from insight.tasks.segmentation import (
+    IoUAccumulator,
+    chance_miou,
+    resize_to_protocol,
+    slide_inference,
+)
+
+METHODS = ("clip_dinoiser", "insight", "insight_thresholded")
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OVSConfig:
+    short_side: int = 448
+    long_max: int = 2048
+    window: int = 448
+    stride: int = 224
+    logit_scale: float = 100.0
+    background: str = "prompt"  # or "threshold"
+    background_threshold: float = 0.5
+    max_images: int | None = None
+
+
+def method_embeddings(
+    features: torch.Tensor, sae: MatryoshkaBatchTopKSAE | None
+) -> dict[str, torch.Tensor]:
+    """Patch embeddings ``(N, d)`` per method (the SAE rows are skipped without an SAE)."""
+    out = {"clip_dinoiser": features}
+    if sae is not None:
+        out["insight"] = sae.decode(sae.encode_batch_topk(features))
+        out["insight_thresholded"] = sae.decode(sae.encode(features))
+    return out
+
+
+def scored_classes(dataset: OVSDataset, config: OVSConfig) -> list[str]:
+    """The classes given a text embedding (the background prompt only in ``prompt`` mode)."""
+    if dataset.background and config.background == "threshold":
+        return list(dataset.classes[1:])
+    return list(dataset.classes)
+
+
+@torch.no_grad()
+def predict(
+    image: Image.Image,
+    encoder: DenseEncoder,
+    transform: BatchTransform,
+    text: torch.Tensor,
+    sae: MatryoshkaBatchTopKSAE | None,
+    dataset: OVSDataset,
+    config: OVSConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Label maps (H, W) of one image per method, in the dataset's label space."""
+    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8))[None]
+    x = resize_to_protocol(transform.batch(pixels, device), config.short_side, config.long_max)
+    methods = [m for m in METHODS if sae is not None or m == "clip_dinoiser"]
+    n_classes = text.shape[0]
+
+    def window_logits(crop: torch.Tensor) -> torch.Tensor:
+        features = encoder(crop)[0]  # (N, d)
+        grid = patch_grid(encoder.visual, crop.shape[-2], crop.shape[-1])
+        embeddings = method_embeddings(features, sae)
+        logits = []
+        for method in methods:
+            embedding = F.normalize(embeddings[method], dim=-1)
+            cos = (embedding @ text.T).T.reshape(1, n_classes, *grid)
+            logits.append(
+                F.interpolate(
+                    config.logit_scale * cos,
+                    size=crop.shape[-2:],
+                    mode="bilinear",
+                    align_corners=False,
+                )
+            )
+        return torch.cat(logits, dim=1)
+
+    logits = slide_inference(
+        x, window_logits, len(methods) * n_classes, config.window, config.stride
+    )
+    logits = F.interpolate(
+        logits, size=(image.height, image.width), mode="bilinear", align_corners=False
+    )
+    out = {}
+    for i, method in enumerate(methods):
+        scores = logits[0, i * n_classes : (i + 1) * n_classes]
+        prediction = scores.argmax(0)
+        if dataset.background and config.background == "threshold":
+            probability = scores.softmax(0).max(0).values
+            prediction = torch.where(probability < config.background_threshold, 0, prediction + 1)
+        out[method] = prediction.cpu().numpy().astype(np.int64)
+    return out
+
+
+def evaluate(
+    pairs: Sequence[tuple[str, Path, Path]],
+    dataset: OVSDataset,
+    encoder: DenseEncoder,
+    transform: BatchTransform,
+    text: torch.Tensor,
+    sae: MatryoshkaBatchTopKSAE | None,
+    config: OVSConfig,
+    device: torch.device | str = "cpu",
+    on_image: Callable[[str, dict[str, np.ndarray]], None] | None = None,
+) -> dict:
+    """Dataset-level IoU per method (mmseg semantics), with per-class values."""
+    accumulators = {
+        m: IoUAccumulator(dataset.num_classes, reduce_zero_label=dataset.reduce_zero_label)
+        for m in METHODS
+    }
+    pairs = list(pairs)[: config.max_images] if config.max_images else list(pairs)
+    for image_id, image_path, label_path in pairs:
+        with Image.open(image_path) as image:
+            predictions = predict(image, encoder, transform, text, sae, dataset, config, device)
+        label = read_label_map(label_path)
+        for method, prediction in predictions.items():
+            # with reduce_zero_label, predictions already index the reduced classes
+            accumulators[method].add(prediction, label)
+        if on_image is not None:
+            on_image(image_id, predictions)
+    results = {}
+    for method, accumulator in accumulators.items():
+        if accumulator.images == 0:
+            continue
+        iou = accumulator.iou()
+        results[method] = {
+            "miou": accumulator.miou(),
+            "per_class_iou": {
+                name: (None if np.isnan(v) else float(v))
+                for name, v in zip(dataset.classes, iou, strict=True)
+            },
+        }
+    scored = [a for a in accumulators.values() if a.images]  # every method saw the same labels
+    chance = chance_miou(scored[0].label_area) if scored else None
+    return {"images": len(pairs), "chance_miou": chance, "methods": results}
+
+
+def ovs_table(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Rows of ``ovs_table.csv``: one per method, one column per dataset (mIoU x 100, or
+    ``not run`` for a dataset that was absent)."""
+    datasets = list(results)
+    header = ["method", *datasets]
+    rows = []
+    for method in METHODS:
+        row = [method]
+        for name in datasets:
+            result = results[name]
+            if result.get("status") == "not run":
+                row.append("not run")
+            elif method in result.get("methods", {}):
+                row.append(f"{100 * result['methods'][method]['miou']:.1f}")
+            else:
+                row.append("")
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_ovs(
+    name: str,
+    root: str | Path,
+    frozen: FrozenSpec,
+    sae_path: str | Path,
+    cfg: dict,
+    cache_dir: str | Path,
+    device: torch.device,
+    out_dir: str | Path | None = None,
+    names_path: str | Path | None = None,
+) -> dict:
+    """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs). With
+    ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
+    figures of the first ``explain_images`` images (Fig. 7)."""
+    dataset = benchmark(name, cfg.get("custom"))
+    pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
+    config = from_config(OVSConfig, cfg)
+    models = load_frozen(frozen, device)
+    encoder, transform = models.encoder, models.transform
+    text_encoder = cached_text_encoder(
+        models.model, models.tokenizer, frozen.backbone, cache_dir, device
+    )
+    classes = scored_classes(dataset, config)
+    text = torch.from_numpy(class_text_embeddings(classes, text_encoder.encode)).to(device)
+    sae = load_sae(sae_path).to(device)
+    out = Path(out_dir) if out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = progress(min(len(pairs), config.max_images or len(pairs)), f"ovs {name}", "img")
+
+    def on_image(image_id: str, predictions: dict) -> None:
+        bar.update(1)
+        if out is not None and cfg.get("save_predictions"):
+            for method, prediction in predictions.items():
+                save_prediction_png(prediction, out / "pred" / method / f"{image_id}.png")
+
+    result = evaluate(pairs, dataset, encoder, transform, text, sae, config, device, on_image)
+    bar.close()
+    if out is not None and cfg.get("explain_images"):
+        names = concept_names(names_path)
+        explanations = {}
+        for image_id, image_path, _ in pairs[: cfg["explain_images"]]:
+            with Image.open(image_path) as image:
+                explanation = explain_image(
+                    image, encoder, transform, text, sae, classes, config.short_side, device=device
+                )
+                explanation_figure(image, explanation, names, out / "explain" / f"{image_id}.png")
+            explanations[image_id] = {k: v for k, v in explanation.items() if k != "segmentation"}
+        write_json(explanations, out / "explain" / "explanations.json")
+    for method, values in result["methods"].items():
+        log.info("%s %s: mIoU %.4f", name, method, values["miou"])
+    return {
+        "dataset": name,
+        "classes": list(dataset.classes),
+        "settings": dataclasses.asdict(config),
+        **result,
+    }

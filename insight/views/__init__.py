@@ -1,0 +1,1 @@
+"""Looking at concepts: heatmaps, the concept browser, single-image explanations, steering."""

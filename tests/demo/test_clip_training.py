@@ -1,0 +1,66 @@
+"""Contrastive training of the demo CLIP (insight.clip_training)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from insight.demo.clip_training import ClipTrainConfig, cosine_schedule, save_clip, train_clip
+from insight.models.backbone import BackboneSpec, load_clip
+
+TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
+
+
+def test_cosine_schedule_by_hand():
+    assert cosine_schedule(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_schedule(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_schedule(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_schedule(55, 100, 10) == pytest.approx(0.5)
+    assert cosine_schedule(100, 100, 10) == pytest.approx(0.0)
+
+
+def colour_pairs(n: int) -> tuple[torch.Tensor, list[str]]:
+    images = torch.zeros(n, 224, 224, 3, dtype=torch.uint8)
+    images[: n // 2, ..., 0] = 220  # red
+    images[n // 2 :, ..., 2] = 220  # blue
+    images += torch.randint(0, 30, images.shape, generator=torch.Generator().manual_seed(0)).to(
+        torch.uint8
+    )
+    return images, ["a red picture"] * (n // 2) + ["a blue picture"] * (n // 2)
+
+
+def test_training_aligns_images_with_their_captions_and_reloads_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    images, captions = colour_pairs(32)
+    config = ClipTrainConfig(epochs=6, batch_size=16, lr=2e-3, warmup_steps=2)
+    model, metrics = train_clip(TINY, images, captions, config)
+    assert len(metrics["loss_per_epoch"]) == 6
+    assert metrics["loss_per_epoch"][-1] < metrics["loss_per_epoch"][0]
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+    _, preprocess, tokenizer = load_clip(TINY)
+    normalize = preprocess.transforms[-1]
+    probe = normalize(images[[0, -1]].permute(0, 3, 1, 2).float() / 255.0)
+    with torch.no_grad():
+        image_embedding = F.normalize(model.encode_image(probe), dim=-1)
+        text_embedding = F.normalize(
+            model.encode_text(tokenizer(["a red picture", "a blue picture"])), dim=-1
+        )
+    assert ((image_embedding @ text_embedding.T).argmax(1) == torch.tensor([0, 1])).all()
+
+    path = tmp_path / "clip.safetensors"
+    save_clip(model, path)
+    reloaded, _, _ = load_clip(
+        BackboneSpec(model=TINY.model, pretrained=None, checkpoint=str(path))
+    )
+    with torch.no_grad():
+        assert torch.allclose(
+            F.normalize(reloaded.encode_image(probe), dim=-1), image_embedding, atol=1e-5
+        )
+
+
+def test_training_refuses_mismatched_or_too_few_pairs():
+    images, captions = colour_pairs(8)
+    with pytest.raises(ValueError, match="8 images but 7 captions"):
+        train_clip(TINY, images, captions[:7], ClipTrainConfig(batch_size=4))
+    with pytest.raises(ValueError, match="at least batch_size=16"):
+        train_clip(TINY, images, captions, ClipTrainConfig(batch_size=16))

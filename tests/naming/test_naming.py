@@ -1,0 +1,274 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from insight.core.io import write_parquet
+from insight.models.prompts import TEMPLATES, template_embeddings
+from insight.models.text import EmbeddingCache, TextEncoder, encode_text_cut
+from insight.naming.names import concept_vectors, names_table, top_patch_weights
+from insight.naming.vocabulary import (
+    build_index,
+    build_vocabulary,
+    collect_sources,
+    concreteness_terms,
+    embedding_table,
+    list_terms,
+    normalise_term,
+    user_embedding_table,
+)
+from insight.sae.encode import concept_schema
+
+
+def test_cut_context_equals_open_clip_encode_text(tiny_clip):
+    model, _, tokenizer = tiny_clip
+    prompts = [
+        "a dog.",
+        "a photo of a very small red bicycle leaning on a wall in the rain",
+        "x",
+        "ice cream",
+    ]
+    tokens = tokenizer(prompts)
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        cut = encode_text_cut(model, tokens)
+    torch.testing.assert_close(cut, full, atol=1e-4, rtol=0)
+    assert int((tokens != 0).sum(1).max()) < tokens.shape[1]  # the cut really shortened it
+
+
+def test_text_encoder_sorts_and_restores_order(tiny_clip):
+    model, _, tokenizer = tiny_clip
+    prompts = ["a long prompt with many many words in it", "b", "a medium prompt", "c c"]
+    encoder = TextEncoder(model, tokenizer, "tiny", batch_size=2)
+    with torch.no_grad():
+        expected = model.encode_text(tokenizer(prompts)).numpy()
+    np.testing.assert_allclose(encoder.encode(prompts), expected, atol=1e-4)
+
+
+def test_cache_encodes_only_new_terms(tiny_clip, tmp_path):
+    model, _, tokenizer = tiny_clip
+    terms = [f"word{i}" for i in range(20)]
+    encoder = TextEncoder(model, tokenizer, "tiny", cache=EmbeddingCache(tmp_path, "tiny"))
+    first = template_embeddings(terms, encoder.encode)
+    assert encoder.encoded == 20 * 30
+    # a new process: the cache is read from disk; 10 extra terms cost 10 terms' prompts
+    encoder = TextEncoder(model, tokenizer, "tiny", cache=EmbeddingCache(tmp_path, "tiny"))
+    second = template_embeddings(terms + [f"extra{i}" for i in range(10)], encoder.encode)
+    assert encoder.encoded == 10 * 30
+    assert encoder.cache.hits == 20 * 30 and encoder.cache.misses == 10 * 30
+    for pos in TEMPLATES:
+        np.testing.assert_allclose(second[pos][:20], first[pos], atol=1e-6)
+    # another model never reuses these entries
+    other = TextEncoder(
+        model, tokenizer, "another-model", cache=EmbeddingCache(tmp_path, "another-model")
+    )
+    template_embeddings(terms[:2], other.encode)
+    assert other.encoded == 2 * 30
+
+
+def test_cache_reads_only_the_rows_asked_for_across_parts_and_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(EmbeddingCache, "ROW_GROUP", 3)
+    rng = np.random.default_rng(0)
+    cache = EmbeddingCache(tmp_path, "m")
+    first, second = rng.random((10, 4), np.float32), rng.random((5, 4), np.float32)
+    cache.add([f"p{i}" for i in range(10)], first)
+    cache.add([f"q{i}" for i in range(5)], second)
+    reopened = EmbeddingCache(tmp_path, "m")  # only the keys are loaded
+    assert len(reopened.index) == 15 and pq.ParquetFile(reopened.parts[0]).num_row_groups == 4
+    prompts = ["q4", "p7", "p0", "q0", "p7", "p9"]
+    expected = np.stack([{"p": first, "q": second}[p[0]][int(p[1:])] for p in prompts])
+    np.testing.assert_array_equal(reopened.get([reopened.key(p) for p in prompts]), expected)
+    assert reopened.key("p0") in reopened and reopened.key("zz") not in reopened
+
+
+def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():
+    rng = np.random.default_rng(0)
+    table = {}
+
+    def encode(prompts):
+        for p in prompts:
+            table.setdefault(p, rng.normal(size=4))
+        return np.stack([table[p] for p in prompts])
+
+    out = template_embeddings(["cat"], encode)
+    for pos, templates in TEMPLATES.items():
+        raw = np.stack([table[t.format("cat")] for t in templates])
+        mean = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).mean(0)
+        np.testing.assert_allclose(out[pos][0], mean / np.linalg.norm(mean), atol=1e-12)
+    assert all(len(t) == 10 for t in TEMPLATES.values()) and set(TEMPLATES) == {
+        "noun",
+        "verb",
+        "adjective",
+    }
+
+
+def test_vocabulary_union_normalises_and_records_sources(tmp_path):
+    (tmp_path / "mine.txt").write_text("Red Car\n  blue   sky \n\nred car\n#comment\n")
+    pa_path = tmp_path / "laion.parquet"
+    write_parquet(pa.table({"term": ["sky", "sailboat"]}), pa_path)
+    vocabulary = build_vocabulary(
+        {"list:mine.txt": list_terms(tmp_path / "mine.txt"), "laion": list_terms(pa_path)}
+    )
+    rows = dict(zip(vocabulary["term"].to_pylist(), vocabulary["sources"].to_pylist(), strict=True))
+    assert rows == {
+        "blue sky": ["list:mine.txt"],
+        "red car": ["list:mine.txt"],
+        "sailboat": ["laion"],
+        "sky": ["laion"],
+    }
+    assert normalise_term("  Ice   Cream ") == "ice cream"
+    assert normalise_term("") is None and normalise_term("<script>") is None
+
+
+def test_sources_from_packages_and_thresholds(tmp_path):
+    csv = tmp_path / "norms.csv"
+    csv.write_text(
+        "Word,Brysbaert,Muraki\napple,4.9,\nidea,1.6,\nbus stop,4.9,4.5\nbad idea,,1.5\n"
+    )
+    found = concreteness_terms(str(csv), 2.5, 2.0)
+    assert found == {"brysbaert": ["apple", "bus stop"], "muraki": ["bus stop"]}
+    sources = collect_sources(
+        {
+            "wordfreq_top": 50,
+            "concreteness": {
+                "enabled": True,
+                "path": None,
+                "brysbaert_min": 2.5,
+                "muraki_min": 2.0,
+            },
+        }
+    )
+    assert len(sources["wordfreq"]) == 50 and "the" in sources["wordfreq"]
+    assert "ice cream" in sources["muraki"] and len(sources["brysbaert"]) > 10_000
+    with pytest.raises(ValueError, match="no source"):
+        collect_sources({"wordfreq_top": 0})
+
+
+def _world():
+    """A tiny world in d = 4: 'dog' along e0, 'spots' along e1, 'dalmatian' = dog + spots.
+    The child concept's decoder row is the residual e1 (spots); its parent's is e0 (dog)."""
+    e = np.eye(4)
+    words = {"dog": e[0], "spots": e[1], "dalmatian": (e[0] + e[1]) / np.sqrt(2), "car": e[2]}
+    table = embedding_table(
+        list(words), {"noun": np.stack(list(words.values())).astype(np.float32)}
+    )
+    index = build_index(np.stack(table["embedding"].to_numpy(zero_copy_only=False)))
+    w_dec = np.stack([e[0], e[1], e[2]])  # concept 0 = dog (parent), 1 = child residual, 2 = car
+    families = pa.table(
+        {
+            "parent": pa.array([0], pa.int32()),
+            "child": pa.array([1], pa.int32()),
+            "confidence": pa.array([0.9], pa.float32()),
+        }
+    )
+    weights = pa.table(
+        {
+            "concept": pa.array([0, 1, 1, 2], pa.int32()),
+            "other": pa.array([0, 0, 1, 2], pa.int32()),
+            "weight": [2.0, 1.5, 1.2, 1.0],
+        }
+    )
+    return table, index, w_dec, families, weights
+
+
+def test_hierarchy_names_a_child_right_where_its_decoder_alone_is_wrong():
+    table, index, w_dec, families, weights = _world()
+    terms = table["term"].to_pylist()
+    b_dec = np.zeros(4)
+    groups, frequency = np.array([0, 1, 1]), np.array([10, 5, 7])
+    decoder = names_table(
+        concept_vectors(w_dec, b_dec, "decoder"), index, terms, "decoder", groups, frequency
+    )
+    hierarchy = names_table(
+        concept_vectors(w_dec, b_dec, "hierarchy", weights, families, alpha=1.33),
+        index,
+        terms,
+        "hierarchy",
+        groups,
+        frequency,
+    )
+    assert decoder["name"].to_pylist() == ["dog", "spots", "car"]
+    assert hierarchy["name"].to_pylist() == ["dog", "dalmatian", "car"]
+    # Eq. B.9 by hand for the child: 1.33 * 1.2 * e1 + 0.9 * 1.5 * e0
+    v = concept_vectors(w_dec, b_dec, "hierarchy", weights, families)[1]
+    np.testing.assert_allclose(v, [0.9 * 1.5, 1.33 * 1.2, 0, 0])
+    assert hierarchy["runner_up"][1].as_py()[0] in ("spots", "dog")
+
+
+def test_silent_concepts_are_not_named():
+    table, index, w_dec, families, weights = _world()
+    names = names_table(
+        w_dec, index, table["term"].to_pylist(), "decoder", np.zeros(3), np.array([3, 0, 1])
+    )
+    assert names["name"].to_pylist()[1] is None and np.isnan(names["score"].to_pylist()[1])
+
+
+def test_top_patch_weights_by_hand(tmp_path):
+    # concept 5 fires on 3 patches (top-2: p0 (3.0), p2 (2.0)); parent 7 fires on p0 (1.0) only
+    rows = [
+        ("a", 0, 5, 3.0),
+        ("a", 0, 7, 1.0),
+        ("a", 1, 5, 1.0),
+        ("b", 2, 5, 2.0),
+        ("b", 2, 9, 4.0),
+        ("b", 3, 7, 6.0),
+    ]
+    table = pa.table(
+        {
+            "image_id": [r[0] for r in rows],
+            "patch": pa.array([r[1] for r in rows], pa.int32()),
+            "concept": pa.array([r[2] for r in rows], pa.int32()),
+            "activation": pa.array([r[3] for r in rows], pa.float32()),
+        },
+        schema=concept_schema("2,2", 10),
+    )
+    write_parquet(table, tmp_path / "shard-00000.parquet")
+    families = pa.table(
+        {
+            "parent": pa.array([7], pa.int32()),
+            "child": pa.array([5], pa.int32()),
+            "confidence": pa.array([0.8], pa.float32()),
+        }
+    )
+    weights = top_patch_weights([tmp_path / "shard-00000.parquet"], families, top=2)
+    got = {
+        (c, o): w
+        for c, o, w in zip(
+            *(weights[k].to_pylist() for k in ("concept", "other", "weight")), strict=True
+        )
+    }
+    assert got[(5, 5)] == pytest.approx((3.0 + 2.0) / 2)
+    assert got[(5, 7)] == pytest.approx((1.0 + 0.0) / 2)
+    assert got[(7, 7)] == pytest.approx((6.0 + 1.0) / 2)
+    assert (5, 9) not in got  # 9 is not a parent of 5
+
+
+def test_user_embeddings_are_normalised(tmp_path):
+    vectors = np.array([[3.0, 4.0], [0.0, 2.0]], dtype=np.float32)
+    write_parquet(
+        pa.table(
+            {
+                "term": ["a", "b"],
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 2),
+            }
+        ),
+        tmp_path / "e.parquet",
+    )
+    table = user_embedding_table(tmp_path / "e.parquet")
+    np.testing.assert_allclose(
+        np.stack(table["embedding"].to_numpy(zero_copy_only=False)), [[0.6, 0.8], [0, 1]], atol=1e-6
+    )
+    write_parquet(pa.table({"word": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="term and embedding"):
+        user_embedding_table(tmp_path / "bad.parquet")
+
+
+def test_hnsw_and_flat_agree_on_the_best_term():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:20] + 0.01 * rng.normal(size=(20, 16)).astype(np.float32)
+    flat = build_index(vectors, "flat").search(queries, 1)[1][:, 0]
+    hnsw = build_index(vectors, "hnsw").search(queries, 1)[1][:, 0]
+    assert (flat == np.arange(20)).all() and (hnsw == flat).mean() >= 0.95

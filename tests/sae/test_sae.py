@@ -1,0 +1,192 @@
+import numpy as np
+import pytest
+import torch
+from planted import planted_features, write_shards
+
+from insight.sae.model import (
+    MatryoshkaBatchTopKSAE,
+    SAEConfig,
+    batch_topk_indices,
+    load_sae,
+    matryoshka_group_sizes,
+    save_sae,
+)
+from insight.sae.reference import reference_losses
+from insight.sae.training import FeatureBatches, SAETrainer, TrainConfig, evaluate, held_out_mask
+
+SMALL = SAEConfig(d_in=16, d_sae=64, k=3, group_sizes=(4, 12, 48))
+
+
+def test_paper_group_sizes():
+    assert matryoshka_group_sizes(8192) == (65, 245, 491, 983, 1966, 4442)
+    assert sum(matryoshka_group_sizes(1000)) == 1000
+    with pytest.raises(ValueError, match="sae.groups"):
+        matryoshka_group_sizes(64)
+
+
+@pytest.mark.parametrize("batch, width, k", [(50, 300, 4), (7, 40, 12), (3, 10, 10)])
+def test_batch_topk_keeps_exactly_b_times_k(batch, width, k):
+    pre = torch.randn(batch, width)
+    pre[0] += 5.0  # one row dominates: forces the exact fallback for some shapes
+    vals, flat = batch_topk_indices(pre, batch * k)
+    assert len(flat) == batch * k == len(set(flat.tolist()))
+    expected = pre.flatten().topk(batch * k).values
+    torch.testing.assert_close(vals.sort(descending=True).values, expected)
+
+
+def test_batch_topk_codes_count():
+    sae = MatryoshkaBatchTopKSAE(SMALL)
+    x = torch.randn(20, 16)
+    codes = sae.encode_batch_topk(x)
+    pre = sae.pre_activations(x)
+    kept = pre.flatten().topk(20 * 3).values
+    assert (codes > 0).sum() == (kept > 0).sum()
+    assert (codes != 0).sum() <= 20 * 3
+
+
+def test_matryoshka_loss_equals_naive_per_prefix_dense():
+    torch.manual_seed(1)
+    sae = MatryoshkaBatchTopKSAE(SMALL, seed=1)
+    x = torch.randn(32, 16) * 2
+    ours = sae.training_losses(x)
+    naive = reference_losses(sae, x)
+    # naive by hand as well: sum_j mean_b ||x_hat_j - x||^2 with z zeroed after l_j
+    codes = naive["codes"]
+    by_hand = sum(
+        ((codes[:, :end] @ sae.W_dec[:end] + sae.b_dec - x) ** 2).sum(1).mean()
+        for end in (4, 16, 64)
+    )
+    torch.testing.assert_close(ours["recon"], by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours["loss"], naive["loss"], atol=1e-5, rtol=1e-5)
+    ours["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    naive = reference_losses(sae, x)
+    naive["loss"].backward()
+    for name, param in sae.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_aux_loss_only_touches_dead_latents():
+    config = SAEConfig(d_in=16, d_sae=64, k=3, group_sizes=(4, 12, 48), dead_after=100)
+    sae = MatryoshkaBatchTopKSAE(config)
+    dead = torch.arange(40, 64)
+    sae.samples_since_fired[dead] = 1000
+    x = torch.randn(32, 16)
+    out = sae.training_losses(x)
+    assert out["aux"] > 0
+    out["aux"].backward()
+    alive = torch.ones(64, dtype=torch.bool)
+    alive[dead] = False
+    assert sae.W_dec.grad[alive].abs().max() == 0
+    assert sae.W_enc.grad[:, alive].abs().max() == 0
+    assert sae.b_enc.grad[alive].abs().max() == 0
+    assert sae.W_dec.grad[dead].abs().max() > 0
+    # no dead latent, no aux loss
+    sae.samples_since_fired.zero_()
+    assert sae.training_losses(x)["aux"] == 0
+
+
+def test_dead_counter_and_threshold_ema():
+    sae = MatryoshkaBatchTopKSAE(SMALL)
+    sae.update_statistics(torch.tensor([1, 2]), torch.tensor([0.5, 0.2]), batch=10)
+    assert float(sae.threshold) == pytest.approx(0.2)
+    assert sae.samples_since_fired[1] == 0 and sae.samples_since_fired[3] == 10
+    sae.update_statistics(torch.tensor([3]), torch.tensor([1.2]), batch=10)
+    assert float(sae.threshold) == pytest.approx(0.2 + 0.01 * (1.2 - 0.2))
+    assert sae.samples_since_fired[1] == 10 and sae.samples_since_fired[3] == 0
+
+
+def test_held_out_split_is_by_image():
+    import pyarrow as pa
+
+    ids = pa.array([f"img{i // 5}" for i in range(5000)])
+    mask = held_out_mask(ids, 0.1)
+    per_image = mask.reshape(-1, 5)
+    assert (per_image.all(1) | ~per_image.any(1)).all()
+    assert 0.05 < mask.mean() < 0.15
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("planted")
+    x, dictionary = planted_features(n=24_000, d=32, atoms=48, active=3, seed=0)
+    return write_shards(out, x), dictionary
+
+
+def _trainer(paths, tmp_path=None, steps=None, epochs=8, checkpoint_every=1000):
+    config = SAEConfig(d_in=32, d_sae=96, k=3, group_sizes=(8, 24, 64), dead_after=20_000, k_aux=16)
+    sae = MatryoshkaBatchTopKSAE(config, seed=0)
+    data = FeatureBatches(paths, batch_size=256, shuffle_buffer=2048, seed=0)
+    train = TrainConfig(
+        lr=3e-3, batch_size=256, epochs=epochs, max_steps=steps, checkpoint_every=checkpoint_every
+    )
+    checkpoint = tmp_path / "ckpt.pt" if tmp_path else None
+    return SAETrainer(sae, train, data, checkpoint)
+
+
+def test_recovers_a_planted_dictionary(planted):
+    paths, dictionary = planted
+    trainer = _trainer(paths)
+    trainer.fit()
+    heldout = FeatureBatches(paths, 1024, split="heldout").epoch(0, shuffle=False, drop_last=False)
+    metrics = evaluate(trainer.sae, heldout)
+    assert metrics["fve"] > 0.9
+    decoder = torch.nn.functional.normalize(trainer.sae.W_dec.detach(), dim=1).numpy()
+    best = (dictionary @ decoder.T).max(axis=1)
+    assert (best > 0.9).mean() > 0.8, best
+    # thresholded inference fires about as often as BatchTopK on held-out data
+    assert abs(metrics["l0_threshold"] - metrics["l0_batch_topk"]) <= 0.1 * metrics["l0_batch_topk"]
+    assert len(metrics["fve_per_prefix"]) == 3 and metrics["fve_per_prefix"][0] < metrics["fve"]
+
+
+def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
+    paths, _ = planted
+    uninterrupted = _trainer(paths, steps=30, epochs=2)
+    uninterrupted.fit()
+
+    killed = _trainer(paths, tmp_path, steps=30, epochs=2, checkpoint_every=7)
+
+    def kill(trainer, metrics):
+        if trainer.global_step == 17:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(on_step=kill)
+    resumed = _trainer(paths, tmp_path, steps=30, epochs=2, checkpoint_every=7)
+    assert resumed.load_checkpoint() and resumed.global_step == 14
+    resumed.fit()
+    assert resumed.global_step == uninterrupted.global_step == 30
+    for a, b in zip(
+        resumed.sae.state_dict().values(), uninterrupted.sae.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_nan_loss_names_the_step():
+    trainer = SAETrainer(MatryoshkaBatchTopKSAE(SMALL), TrainConfig(batch_size=8), data=None)
+    with pytest.raises(FloatingPointError, match="step 0"):
+        trainer.step(torch.full((8, 16), float("nan")))
+
+
+def test_nan_features_name_the_shard(tmp_path):
+    x = np.ones((64, 32), dtype=np.float32)
+    x[5, 3] = np.inf
+    paths = write_shards(tmp_path, x)
+    with pytest.raises(FloatingPointError, match="shard-00000.parquet"):
+        list(FeatureBatches(paths, 16).epoch(0))
+
+
+def test_save_load_roundtrip(tmp_path):
+    sae = MatryoshkaBatchTopKSAE(SMALL)
+    sae.threshold.fill_(0.3)
+    save_sae(sae, tmp_path / "sae.safetensors")
+    loaded = load_sae(tmp_path / "sae.safetensors")
+    assert loaded.config == SMALL
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "sae.safetensors"), "pt") as handle:
+        assert handle.get_tensor("W_enc").shape == (16, 64)
+        assert handle.get_tensor("W_dec").shape == (64, 16)

@@ -1,0 +1,100 @@
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+
+from insight.hierarchy.families import family_graph
+from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
+from insight.tasks.ovs_explain import concept_contributions
+from insight.views.explain import best_row, explain_label, label_contributions
+from insight.views.steering import (
+    UnknownConceptError,
+    concepts_named,
+    scale_concepts,
+    scales_by_name,
+    steered_reconstruction,
+)
+
+
+@pytest.fixture
+def sae():
+    model = MatryoshkaBatchTopKSAE(SAEConfig(d_in=8, d_sae=6, k=2, group_sizes=(2, 4)))
+    model.requires_grad_(False)
+    with torch.no_grad():
+        model.b_dec.normal_()
+        model.threshold.fill_(0.0)
+    return model
+
+
+@pytest.fixture
+def codes():
+    torch.manual_seed(1)
+    return torch.relu(torch.randn(5, 6))
+
+
+NAMES = pa.table({"concept": [0, 1, 2, 3, 4, 5], "name": ["cat", "ear", "cat", "sky", None, "fur"]})
+FAMILIES = pa.table({"parent": [0, 1], "child": [1, 5], "confidence": [0.9, 0.8]})
+
+
+def test_contributions_and_bias_sum_to_the_score_by_hand(sae, codes):
+    text = torch.randn(8)
+    contributions, bias, score = label_contributions(codes, sae, text)
+    unit = text / text.norm()
+    by_hand = [float(codes[:, c].mean() * (sae.W_dec[c] @ unit)) for c in range(6)]
+    assert contributions.tolist() == pytest.approx(by_hand, abs=1e-6)
+    assert bias == pytest.approx(float(sae.b_dec @ unit))
+    reconstruction = codes @ sae.W_dec + sae.b_dec
+    assert score == pytest.approx(float((reconstruction @ unit).mean()), abs=1e-6)
+    assert sum(by_hand) + bias == pytest.approx(score, abs=1e-5)
+
+
+def test_explanation_shares_sum_to_one_with_structure(sae, codes):
+    names = dict(zip(NAMES["concept"].to_pylist(), NAMES["name"].to_pylist(), strict=True))
+    result = explain_label(codes, sae, "cat", torch.randn(8), names, family_graph(FAMILIES), 3)
+    items = [*result["concepts"], result["other_concepts"], result["bias"]]
+    assert len(result["concepts"]) == 3
+    assert sum(i["share"] for i in items) == pytest.approx(1.0, abs=1e-5)
+    assert sum(i["contribution"] for i in items) == pytest.approx(result["score"], abs=1e-5)
+    shown = [c["contribution"] for c in result["concepts"]]
+    assert shown == sorted(shown, reverse=True)
+    for item in result["concepts"]:
+        if item["concept"] == 1:
+            assert item["parents"] == [{"concept": 0, "name": "cat"}]
+            assert item["children"] == [{"concept": 5, "name": "fur"}]
+
+
+def test_best_row_is_the_highest_explained_score(sae, codes):
+    embeddings = torch.randn(7, 8).numpy()
+    row = best_row(codes, sae, embeddings)
+    scores = [label_contributions(codes, sae, torch.from_numpy(e))[2] for e in embeddings]
+    assert row == max(range(7), key=scores.__getitem__)
+
+
+def test_concepts_are_found_by_name_with_their_family():
+    assert concepts_named(NAMES, "cat") == [0, 2]
+    assert concepts_named(NAMES, "cat", FAMILIES, with_family=True) == [0, 1, 2, 5]
+    assert scales_by_name(NAMES, [("cat", 0.0), ("sky", 2.0)]) == {0: 0.0, 2: 0.0, 3: 2.0}
+    with pytest.raises(UnknownConceptError, match=r"no concept is named 'kat'.*'cat'"):
+        concepts_named(NAMES, "kat")
+
+
+def test_zeroing_a_concept_removes_exactly_its_contribution(sae, codes):
+    steered = steered_reconstruction(sae, codes, {2: 0.0, 4: 3.0})
+    expected = sae.decode(codes) - codes[:, 2:3] * sae.W_dec[2] + 2 * codes[:, 4:5] * sae.W_dec[4]
+    assert torch.allclose(steered, expected, atol=1e-6)
+    assert scale_concepts(codes, {2: 0.0})[:, 2].abs().sum() == 0
+    assert torch.equal(scale_concepts(codes, {})[:, 2], codes[:, 2])  # a copy, unchanged
+
+
+def test_steering_the_top_segment_concepts_lowers_the_ovs_label_score(sae, codes):
+    """On OVS: zeroing the concepts that explain a segment's label (Sec. 4.4) lowers the
+    segment's score for that label by exactly their contributions."""
+    text = F.normalize(torch.randn(8), dim=-1)
+    segment = torch.tensor([True, True, False, True, False])
+    contributions = concept_contributions(codes, segment, sae.W_dec, text)
+    top = torch.argsort(contributions, descending=True)[:2].tolist()
+    before = (sae.decode(codes)[segment] @ text).mean()
+    after = (steered_reconstruction(sae, codes, dict.fromkeys(top, 0.0))[segment] @ text).mean()
+    # unit-norm decoder rows: cos(W_dec[c], t) = <W_dec[c], t>
+    assert float(before - after) == pytest.approx(float(contributions[top].sum()), abs=1e-5)
+    assert after < before

@@ -1,0 +1,447 @@
+"""End to end: the demo config through every stage that exists, in a scratch copy."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from PIL import Image
+from workflow_utils import copy_checkout, planned_jobs, snakemake
+
+DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
+
+
+@pytest.mark.slow
+def test_demo_shards_match_the_contract(demo_run):
+    summary = json.loads((demo_run / "results/features/demo/summary.json").read_text())
+    assert summary["images"] == 120 and summary["rejected"] == 8 and summary["shards"] == 4
+    shards = sorted((demo_run / "results/features/demo").glob("shard-*.parquet"))
+    assert [p.name for p in shards] == [f"shard-{i:05d}.parquet" for i in range(4)]
+    glob = demo_run / "results/features/demo/*.parquet"
+    images, patches, kind = duckdb.sql(
+        f"select count(distinct image_id), count(*), any_value(typeof(embedding)) from '{glob}'"
+    ).fetchall()[0]
+    assert (images, patches) == (120, 120 * 196)
+    assert kind in ("FLOAT[]", "FLOAT[64]")
+    rejected = duckdb.sql(
+        f"select count(*) from '{demo_run}/results/features/demo/rejected/*.parquet'"
+    ).fetchall()
+    assert rejected == [(8,)]
+    assert (demo_run / "results/models/dinoiser.safetensors").exists()
+    assert "features shard" in (demo_run / "logs/extract_features/demo/shard-00000.log").read_text()
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do_fast(demo_run):
+    start = time.perf_counter()
+    result = snakemake(demo_run, *DEMO, "-n")
+    elapsed = time.perf_counter() - start
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert elapsed < 3.0, f"no-op dry run took {elapsed:.2f} s"
+
+
+@pytest.mark.slow
+def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("features:\n  batch_size: 8\n")
+    result = snakemake(demo_run, *DEMO, str(override), "-n")
+    # features change, so everything downstream of them is stale too; the DINOiser is not
+    assert planned_jobs(result.stdout) == {
+        "extract_features": 4,
+        "features_summary": 1,
+        "train_sae": 1,
+        "encode_concepts": 4,
+        "concepts_summary": 1,
+        "cooccurrence_partial": 1,
+        "cooccurrence": 1,
+        "family_dag": 1,
+        "name_concepts": 1,
+        "ovs": 9,
+        "ovs_table": 1,
+        "interpretability": 1,
+        "classification": 3,
+        "classification_table": 1,
+        "caption_tokens": 1,
+        "train_captioner": 2,
+        "captioning_table": 1,
+        "browser": 1,
+        "world_recovery": 1,
+        "all": 1,
+    }
+
+
+@pytest.mark.slow
+def test_editing_library_code_reruns_the_stages_that_import_it(demo_run):
+    demo_module = demo_run / "insight/demo.py"
+    original = demo_module.read_text()
+    demo_module.write_text(original + "\n# edited\n")
+    try:
+        result = snakemake(demo_run, *DEMO, "-n")
+    finally:
+        demo_module.write_text(original)
+    jobs = planned_jobs(result.stdout)
+    assert jobs.get("demo_images") == 1
+    # the images are regenerated, so everything downstream is stale too
+    assert "index_images" in jobs
+
+
+@pytest.mark.slow
+def test_wrong_config_key_and_type_fail_naming_the_key(demo_run):
+    result = snakemake(demo_run, *DEMO, "-n", "--config", "featurs=1", check=False)
+    assert result.returncode != 0 and "'featurs' was unexpected" in result.stderr + result.stdout
+    (demo_run / "bad.yaml").write_text("images:\n  per_shard: many\n")
+    result = snakemake(demo_run, *DEMO, "bad.yaml", "-n", check=False)
+    assert result.returncode != 0 and "per_shard" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_missing_dataset_names_the_layout(demo_run):
+    (demo_run / "missing.yaml").write_text(
+        "datasets:\n  gone:\n    source: /no/such/folder\n    kind: tar\nencode_datasets: [gone]\n"
+    )
+    result = snakemake(demo_run, *DEMO, "missing.yaml", "-n", check=False)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert "/no/such/folder does not exist" in output and "webdataset .tar shards" in output
+
+
+@pytest.mark.slow
+def test_unknown_ovs_benchmark_fails_before_any_job_naming_the_key(demo_run):
+    (demo_run / "unknown_ovs.yaml").write_text("ovs:\n  datasets:\n    pascal: /data/voc\n")
+    result = snakemake(demo_run, *DEMO, "unknown_ovs.yaml", "-n", check=False)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert "ovs.datasets.pascal: unknown OVS benchmark 'pascal'" in output
+    assert "define others under ovs.custom" in output
+
+
+def demo_config(workdir: Path) -> dict:
+    """The demo config the run used: the one source for the sizes the tests expect."""
+    return yaml.safe_load((workdir / "config/demo.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_demo_sae_and_concepts_match_the_contract(demo_run):
+    from safetensors import safe_open
+
+    sae = demo_config(demo_run)["sae"]
+    m = sae["d_sae"]
+    with safe_open(str(demo_run / "results/models/sae.safetensors"), "pt") as handle:
+        shapes = {name: tuple(handle.get_tensor(name).shape) for name in handle.keys()}
+    assert shapes == {
+        "W_enc": (64, m),
+        "b_enc": (m,),
+        "W_dec": (m, 64),
+        "b_dec": (64,),
+        "threshold": (),
+    }
+    report = json.loads((demo_run / "results/models/sae.json").read_text())
+    assert (report["config"]["d_in"], report["config"]["d_sae"], report["config"]["k"]) == (
+        64,
+        m,
+        sae["k"],
+    )
+    assert report["config"]["group_sizes"] == sae["groups"] and sum(sae["groups"]) == m
+    heldout = report["metrics"]["heldout"]
+    assert {"fve", "fve_per_prefix", "l0_threshold", "dead_latents"} <= set(heldout)
+    assert heldout["fve"] > 0.5
+    concepts = demo_run / "results/concepts/demo/*.parquet"
+    columns = duckdb.sql(f"describe select * from '{concepts}'").fetchall()
+    assert [(c[0], c[1]) for c in columns] == [
+        ("image_id", "VARCHAR"),
+        ("patch", "INTEGER"),
+        ("concept", "INTEGER"),
+        ("activation", "FLOAT"),
+    ]
+    rows, non_positive, out_of_range = duckdb.sql(
+        f"select count(*), count(*) filter (activation <= 0), count(*) filter (concept < 0 or concept >= {m}) from '{concepts}'"
+    ).fetchall()[0]
+    assert rows > 0 and non_positive == 0 and out_of_range == 0
+    summary = json.loads((demo_run / "results/concepts/demo/summary.json").read_text())
+    assert summary["activations"] == rows and summary["patches"] == 120 * 196
+    assert not list((demo_run / "results/models/checkpoints").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_demo_family_dag(demo_run):
+    import networkx as nx
+    import pyarrow.parquet as pq
+
+    from insight.hierarchy.families import load_families
+
+    hierarchy = demo_run / "results/hierarchy"
+    cooc = pq.read_table(hierarchy / "cooccurrence.parquet")
+    assert cooc.column_names == ["concept", "other", "confidence"]
+    assert min(cooc["confidence"].to_pylist()) >= 0.05
+    families = pq.read_table(hierarchy / "families.parquet")
+    assert families.column_names == ["parent", "child", "confidence"]
+    assert min(families["confidence"].to_pylist()) >= 0.75
+    graph = load_families(hierarchy / "families.graphml")
+    assert nx.is_directed_acyclic_graph(graph)
+    assert graph.number_of_edges() == families.num_rows
+    summary = json.loads((hierarchy / "families.json").read_text())
+    assert (
+        summary["edges"] == families.num_rows
+        and sum(summary["depth_histogram"]) == graph.number_of_nodes()
+    )
+
+
+@pytest.mark.slow
+def test_demo_names_concepts(demo_run):
+    names = demo_run / "results/naming/names.parquet"
+    columns = [c[0] for c in duckdb.sql(f"describe select * from '{names}'").fetchall()]
+    assert columns == [
+        "concept",
+        "name",
+        "score",
+        "method",
+        "runner_up",
+        "runner_up_scores",
+        "group",
+        "frequency",
+    ]
+    rows, named, methods = duckdb.sql(
+        f"select count(*), count(name), list(distinct method) from '{names}'"
+    ).fetchall()[0]
+    assert rows == demo_config(demo_run)["sae"]["d_sae"] and named > 0 and methods == ["hierarchy"]
+    vocabulary = duckdb.sql(
+        f"select term from '{demo_run}/results/vocabulary/terms.parquet'"
+    ).fetchall()
+    assert ("car wheel",) in vocabulary and ("red car",) in vocabulary
+    embeddings = duckdb.sql(
+        f"select count(*), count(distinct term), list(distinct pos order by pos) from '{demo_run}/results/vocabulary/embeddings.parquet'"
+    ).fetchall()[0]
+    assert embeddings[0] == 3 * embeddings[1] and embeddings[2] == ["adjective", "noun", "verb"]
+
+
+@pytest.mark.slow
+def test_ten_extra_terms_encode_only_those(demo_run, tmp_path):
+    words = tmp_path / "extra.txt"
+    words.write_text("\n".join(f"zq{chr(97 + i)}word" for i in range(10)) + "\n")
+    override = tmp_path / "extra.yaml"
+    override.write_text(f"vocabulary:\n  word_lists: [config/demo_words.txt, {words}]\n")
+    snakemake(demo_run, "results/vocabulary/embeddings.parquet", *DEMO, str(override))
+    log = (demo_run / "logs/embed_vocabulary.log").read_text()
+    assert "encoded 300 prompts (10 new terms x 30 templates)" in log
+
+
+@pytest.mark.slow
+def test_demo_ovs_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/ovs_table.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][0] == "method" and {"world", "voc", "ade20k"} <= set(rows[0])
+    assert [r[0] for r in rows[1:]] == ["clip_dinoiser", "insight", "insight_thresholded"]
+    column = {name: i for i, name in enumerate(rows[0])}
+    for row in rows[1:]:
+        assert 0.0 <= float(row[column["world"]]) <= 100.0 and row[column["ade20k"]] == "not run"
+    world = json.loads((demo_run / "results/ovs/world.json").read_text())
+    classes = ["sky", "grass", "sand", "water", "snow", "house", "tree", "car", "mushroom"]
+    assert world["images"] == 12 and world["classes"] == classes
+    assert set(world["methods"]["insight"]["per_class_iou"]) == set(classes)
+    absent = json.loads((demo_run / "results/ovs/ade20k.json").read_text())
+    assert absent["status"] == "not run" and "annotations/validation" in absent["reason"]
+    assert (demo_run / "results/ovs_table.md").read_text().startswith("| method |")
+    predictions = sorted((demo_run / "results/ovs/world/pred/insight").glob("*.png"))
+    assert len(predictions) == 12
+    explained = json.loads((demo_run / "results/ovs/world/explain/explanations.json").read_text())
+    assert len(explained) == 2 and all(
+        len(e["concepts"]) == len(e["contributions"]) for e in explained.values()
+    )
+    assert len(list((demo_run / "results/ovs/world/explain").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_demo_world_is_segmented_far_above_chance(demo_run):
+    """Issue 12, acceptance 1: the world-trained CLIP segments held-out world scenes."""
+    world = json.loads((demo_run / "results/ovs/world.json").read_text())
+    chance = world["chance_miou"]
+    assert 0.0 < chance < 0.15
+    for method in ("clip_dinoiser", "insight", "insight_thresholded"):
+        assert world["methods"][method]["miou"] > 4 * chance, method
+
+
+@pytest.mark.slow
+def test_demo_concepts_recover_the_world(demo_run):
+    """Issue 12, acceptances 2 and 3: most of the most frequent concepts carry world words,
+    and the family edges mirror the world's part-of structure well above chance (shuffled
+    parents) for several (object, part) pairs; every edge the report lists must be one."""
+    recovery = json.loads((demo_run / "results/demo/world_recovery.json").read_text())
+    naming = recovery["naming"]
+    assert naming["top_concepts"] == 20 and naming["world_named_fraction"] > 0.5
+    frequencies = [c["frequency"] for c in naming["concepts"]]
+    assert frequencies == sorted(frequencies, reverse=True)
+    families = recovery["families"]
+    assert families["planted_edges"] == len(families["examples"]) <= families["edges"]
+    assert families["planted_edges"] <= families["object_to_part_edges"]
+    assert families["planted_edges"] > families["planted_edges_shuffled_parents"]
+    assert families["p_value"] < 0.05 and len(families["planted_pairs"]) >= 3
+    assert families["planted_pairs"] == sorted(
+        {f"{e['parent_object']} {e['child_part']}" for e in families["examples"]}
+    )
+    for edge in families["examples"]:
+        assert edge["parent_object"] == {
+            "roof": "house", "wall": "house", "leaves": "tree", "trunk": "tree",
+            "body": "car", "wheel": "car", "cap": "mushroom", "stem": "mushroom",
+        }[edge["child_part"]]  # fmt: skip
+    training = json.loads((demo_run / "results/models/clip_training.json").read_text())
+    assert training["pairs"] == 1600
+    assert training["loss_per_epoch"][-1] < 0.5 * training["loss_per_epoch"][0]
+
+
+@pytest.mark.slow
+def test_demo_interpretability_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/interpretability_table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    demo_rows = {r["method"]: r for r in rows if r["dataset"] == "partimagenet"}
+    assert set(demo_rows) == {"insight", "global_broadcast"}
+    part_images = demo_config(demo_run)["demo"]["part_images"]
+    for row in demo_rows.values():
+        assert 0 <= float(row["locality"]) <= 1 and 0 <= float(row["consistency"]) <= 1
+        assert float(row["impurity"]) >= 0 and int(row["images"]) == part_images
+    assert {r["status"] for r in rows if r["dataset"] == "coco_stuff"} == {"not run"}
+
+
+@pytest.mark.slow
+def test_demo_classification_table(demo_run):
+    import csv
+
+    with open(demo_run / "results/classification_table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    objects = {r["method"]: r for r in rows if r["dataset"] == "objects"}
+    assert set(objects) == {"insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"}
+    assert all(0 <= float(r["top1"]) <= 1 for r in objects.values())
+    result = json.loads((demo_run / "results/classification/objects.json").read_text())
+    for explanation in result["explanations"].values():
+        contributions = explanation["contributions"]
+        assert contributions == sorted(contributions, reverse=True)
+        for share, contribution in zip(explanation["shares"], contributions, strict=True):
+            assert share == pytest.approx(contribution / explanation["logit"])
+        assert explanation["class"] in result["classes"]
+        figure = demo_run / "results/classification/objects/explanations" / explanation["figure"]
+        with Image.open(figure) as png:  # image + one heatmap per top concept
+            assert png.format == "PNG" and png.width > 5 * png.height
+
+
+@pytest.mark.slow
+def test_insight_explain_writes_png_and_json_whose_shares_sum_to_one(demo_run):
+    import subprocess
+    import sys
+
+    image = demo_run / "results/demo/images/jpeg/scene_00001.jpg"
+    for label in ([], ["--label", "red car"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "insight.cli", "explain", str(image), *label]
+            + ["--configfile", "config/demo.yaml", "--out", "explained"],
+            cwd=demo_run,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+        )
+        assert result.returncode == 0, result.stderr
+        explanation = json.loads((demo_run / "explained/scene_00001.json").read_text())
+        items = [*explanation["concepts"], explanation["other_concepts"], explanation["bias"]]
+        assert sum(item["contribution"] for item in items) == pytest.approx(explanation["score"])
+        assert sum(item["share"] for item in items) == pytest.approx(1.0)
+        assert label == [] or explanation["label"] == "red car"
+        with Image.open(demo_run / "explained/scene_00001.png") as png:
+            assert png.format == "PNG"
+
+
+@pytest.mark.slow
+def test_insight_explain_without_a_run_says_what_to_run(tmp_path):
+    import subprocess
+    import sys
+
+    copy_checkout(tmp_path)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (64, 64)).save(image)
+    result = subprocess.run(
+        [sys.executable, "-m", "insight.cli", "explain", str(image), "--configfile"]
+        + ["config/demo.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert (
+        "results/models/sae.safetensors (sae) is missing: run the workflow first" in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_demo_builds_the_browser_and_the_report(demo_run):
+    pages = list((demo_run / "results/browser/concepts").glob("*.html"))
+    index = (demo_run / "results/browser/index.html").read_text()
+    concepts = demo_config(demo_run)["sae"]["d_sae"]
+    assert len(pages) == concepts and index.count("<tr data-search=") == concepts
+    assert list((demo_run / "results/browser/assets/thumbs").glob("*.jpg"))
+    snakemake(demo_run, "--report", "report.html", "--configfile", "config/demo.yaml")
+    report = (demo_run / "report.html").read_text()
+    for expected in (
+        "ovs_table.csv",
+        "classification_table.csv",
+        "interpretability_table.csv",
+        "Open-vocabulary segmentation, mIoU",
+        "Why the INSIGHT probe predicts a class",
+    ):
+        assert expected in report
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_demo_browser_in_headless_chromium(demo_run, chromium, tmp_path):
+    page, errors = chromium
+    page.goto((demo_run / "results/browser/index.html").as_uri())
+    rows = page.locator("#concepts tbody tr:visible")
+    concepts = demo_config(demo_run)["sae"]["d_sae"]
+    assert rows.count() == concepts
+    first_name = page.locator("#concepts tbody tr td:nth-child(2)").first.inner_text()
+    page.fill("#search", first_name)
+    assert 1 <= rows.count() < concepts
+    page.screenshot(path=str(tmp_path / "index.png"))
+    page.locator("#concepts tbody tr:visible a").first.click()
+    page.wait_for_load_state("load")
+    widths = page.eval_on_selector_all(".images img", "images => images.map(i => i.naturalWidth)")
+    assert widths and all(width > 0 for width in widths)
+    page.screenshot(path=str(tmp_path / "concept.png"), full_page=True)
+    assert (tmp_path / "concept.png").stat().st_size > 0
+    assert errors == []
+
+
+@pytest.mark.slow
+def test_demo_captioning_table_and_steering(demo_run):
+    import csv
+    import subprocess
+    import sys
+
+    with open(demo_run / "results/captioning_table.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"insight", "clip"}
+    for row in rows.values():
+        assert 0 <= float(row["bleu4"]) <= 1 and float(row["cider"]) >= 0
+        assert 0 <= float(row["meteor"]) <= 1
+    result = json.loads((demo_run / "results/captioning/insight.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    names = duckdb.sql(
+        f"select name from '{demo_run}/results/naming/names.parquet' "
+        "where name is not null order by frequency desc limit 1"
+    ).fetchall()[0][0]
+    image = next((demo_run / "results/demo/captions/val2014").glob("*.jpg"))
+    steered = subprocess.run(
+        [sys.executable, "-m", "insight.cli", "caption", str(image), "--scale", f"{names}=0"]
+        + ["--configfile", "config/demo.yaml"],
+        cwd=demo_run,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+    )
+    assert steered.returncode == 0, steered.stderr
+    assert "caption:" in steered.stdout and "steered caption:" in steered.stdout
