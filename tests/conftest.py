@@ -16,12 +16,14 @@ TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The whole demo, run once in a scratch copy of the checkout (shared by the workflow
-    and SLURM tests)."""
-    from workflow_utils import copy_checkout, snakemake
+    """The whole demo, run once in a scratch copy of the checkout by README's own set-up
+    command (shared by the workflow, README and SLURM tests)."""
+    from workflow_utils import copy_checkout, demo_command, snakemake
 
     workdir = copy_checkout(tmp_path_factory.mktemp("demo"))
-    snakemake(workdir, "--cores", "2", "--configfile", "config/demo.yaml")
+    program, *args = demo_command()
+    assert program == "snakemake", program
+    snakemake(workdir, *args)
     return workdir
 
 
@@ -85,3 +87,11 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("live services (slurm, browser)")
         for nodeid, outcome in sorted(_live_outcomes.items()):
             terminalreporter.write_line(f"{outcome.upper():8} {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A toy run built by the stages' entry points themselves (tests/tiny_run.py)."""
+    from tiny_run import build_tiny_run
+
+    return build_tiny_run(tmp_path_factory.mktemp("tiny_run"))

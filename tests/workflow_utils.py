@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
+        preexec_fn=lambda: os.umask(0o022),  # the usual umask, whatever the caller's
         env=env,
         capture_output=True,
         text=True,
@@ -58,3 +60,21 @@ def planned_jobs(output: str) -> dict[str, int]:
         name, count = line.split()
         jobs[name] = int(count)
     return jobs
+
+
+def readme_commands() -> list[str]:
+    """Every command line of README's ``bash`` blocks, in order (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def demo_command() -> list[str]:
+    """The snakemake part of README's first set-up command, as arguments."""
+    first = readme_commands()[0]
+    return shlex.split(first.split("&&")[1])

@@ -36,8 +36,16 @@ def current_umask() -> int:
 
 
 def _publish(tmp: Path, mode: int) -> None:
-    """Give a finished temporary file (0666) or folder (0777) the umask's permissions."""
-    os.chmod(tmp, mode & ~current_umask())
+    """Give a finished temporary file (0666) or folder (0777) the umask's permissions;
+    a folder's contents too, since some writers (safetensors) make their files 0600."""
+    mask = current_umask()
+    if tmp.is_dir():
+        for folder, dirs, files in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+    os.chmod(tmp, mode & ~mask)
 
 
 @contextlib.contextmanager

@@ -174,7 +174,7 @@ def train_clip_from_pairs(
     bar = progress(config.epochs, "train CLIP", "epoch")
 
     def on_epoch(epoch: int, loss: float) -> None:
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.update(1)
         log.info("epoch %d: contrastive loss %.4f", epoch, loss)
 

@@ -271,7 +271,7 @@ def train_dinoiser_from_images(
     bar = progress(config.epochs, "train DINOiser", "epoch")
 
     def on_epoch(epoch: int, loss: float) -> None:
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.update(1)
 
     g, metrics = train_dinoiser(torch.cat(features), torch.cat(targets), config, device, on_epoch)

@@ -84,6 +84,7 @@ def train_sae_from_shards(
                 fve=f"{metrics['fve']:.3f}",
                 l0=f"{metrics['l0']:.1f}",
                 dead=metrics["dead"],
+                refresh=False,
             )
             log.info("step %d: %s", _trainer.global_step, metrics)
 

@@ -90,18 +90,33 @@ def dataset_config(name):
 
 def dataset_source(wildcards):
     """The image source of a dataset; a missing one fails naming the expected layout."""
-    ds = dataset_config(wildcards.dataset)
+    return checked_source(wildcards.dataset)
+
+
+def checked_source(name):
+    ds = dataset_config(name)
     if "source" not in ds:
         raise WorkflowError(
-            f"dataset {wildcards.dataset!r} has only `features:`; stages that need its images cannot run"
+            f"dataset {name!r} has only `features:`; stages that need its images cannot run"
         )
     source = ds["source"]
     if source != DEMO_IMAGES and not Path(source).exists():
         raise WorkflowError(
-            f"dataset {wildcards.dataset!r}: source {source} does not exist. "
+            f"dataset {name!r}: source {source} does not exist. "
             f"Expected for kind {ds['kind']!r}: {SOURCE_LAYOUTS[ds['kind']]}"
         )
     return source
+
+
+def check_default_datasets():
+    """The image datasets the default target needs exist (or the demo makes them), so a
+    missing one stops the run before any job, in one message naming the folder."""
+    names = {config["train_dataset"], *config["encode_datasets"]}
+    if config["dinoiser"]["enabled"]:
+        names.add(config["dinoiser"]["dataset"] or config["train_dataset"])
+    for name in sorted(names):
+        if "source" in dataset_config(name):
+            checked_source(name)
 
 
 def dinoiser_dataset():
@@ -238,6 +253,7 @@ def dinoiser_weights(wildcards=None):
 
 
 def all_targets():
+    check_default_datasets()
     targets = []
     for name in config["encode_datasets"]:
         if "source" in dataset_config(name):

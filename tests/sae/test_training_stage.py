@@ -1,0 +1,51 @@
+"""The SAE stage: the architecture from its config section and training from shards."""
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from insight.features.shards import embeddings_of
+from insight.sae.model import load_sae, matryoshka_group_sizes
+from insight.sae.training import sae_config
+
+
+def test_sae_config_takes_groups_or_derives_them_from_ratios():
+    section = {
+        "d_sae": 64,
+        "k": 4,
+        "k_aux": 8,
+        "aux_coefficient": 0.03,
+        "dead_after": 10,
+        "threshold_momentum": 0.99,
+        "group_ratios": [0.25, 0.75],
+    }
+    assert sae_config(section, 16).group_sizes == matryoshka_group_sizes(64, (0.25, 0.75))
+    given = sae_config({**section, "groups": [16, 48]}, 16)
+    assert given.group_sizes == (16, 48) and given.d_in == 16
+
+
+def test_train_sae_from_shards_reports_and_leaves_no_checkpoint(tiny_run):
+    report = tiny_run.reports["sae"]
+    assert report["config"]["d_sae"] == 32 and report["config"]["k"] == 4
+    assert report["metrics"]["steps"] >= 1
+    assert 0 < report["metrics"]["heldout"]["l0_batch_topk"] <= 32
+    assert not list((tiny_run.results / "checkpoints").glob("sae-*.pt"))
+
+
+def test_encode_concept_shard_writes_the_thresholded_codes(tiny_run):
+    sae = load_sae(tiny_run.results / "models/sae.safetensors")
+    features = embeddings_of(pq.read_table(tiny_run.results / "features/demo/shard-00000.parquet"))
+    codes = sae.encode(torch.from_numpy(features)).detach().numpy()
+    table = pq.read_table(tiny_run.results / "concepts/demo/shard-00000.parquet")
+    assert table.num_rows == (codes > 0).sum() == tiny_run.reports["concepts"]["activations"]
+    rows = table.slice(0, 50).to_pylist()
+    order = {(r["image_id"], r["patch"]) for r in rows}
+    assert order
+    patches = pq.read_table(
+        tiny_run.results / "features/demo/shard-00000.parquet", columns=["image_id", "patch"]
+    ).to_pylist()
+    position = {(p["image_id"], p["patch"]): i for i, p in enumerate(patches)}
+    for r in rows:
+        assert r["activation"] == pytest.approx(
+            codes[position[(r["image_id"], r["patch"])], r["concept"]], rel=1e-5
+        )
