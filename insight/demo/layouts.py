@@ -1,6 +1,6 @@
 """Generated data for the offline demo and the tests: real image files in real layouts.
 
-Every set is drawn from the procedural world of :mod:`insight.world`:
+Every set is drawn from the procedural world of :mod:`insight.demo.world`:
 :func:`make_scene_images` (a folder of JPEG and PNG scenes), :func:`make_voc_dataset`
 (class maps, VOC2012 layout), :func:`make_part_dataset` (part maps, PartImageNet
 layout), :func:`make_imagefolder` (one object per image), :func:`make_caption_dataset`
@@ -89,7 +89,7 @@ def make_voc_dataset(
     root: str | Path, count: int, seed: int = 1, size: tuple[int, int] = (320, 240)
 ) -> None:
     """World scenes in the VOC2012 layout: JPEGs, palette PNG class maps (ids into
-    :data:`insight.world.CLASSES`, a 255 outline around every object as VOC draws
+    :data:`insight.demo.world.CLASSES`, a 255 outline around every object as VOC draws
     them) and the ``val`` split."""
     from PIL import ImageFilter
 
@@ -116,7 +116,7 @@ def make_part_dataset(
     root: str | Path, count: int, seed: int = 2, size: tuple[int, int] = (224, 224)
 ) -> None:
     """World scenes in the PartImageNet layout: part maps with ids into
-    :data:`insight.world.PARTS` (roof, wall, leaves, ...), background 40; split ``test``."""
+    :data:`insight.demo.world.PARTS` (roof, wall, leaves, ...), background 40; split ``test``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / "images" / "test").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """A straightforward Matryoshka BatchTopK SAE step: the tests' oracle and the benchmark's
 baseline. Dense codes, one dense decode per Matryoshka prefix, autograd through all of
-it. Same equations as :mod:`insight.sae` (B.3-B.7), written the obvious way."""
+it. Same equations as :mod:`insight.sae.model` (B.3-B.7), written the obvious way."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
   independent); the baseline's are the DINOised backbone tokens themselves. Average
   pooling is linear and the reconstruction affine, so the pooled reconstruction equals
   ``pool(z) W_dec + b_dec``: scaling a concept by ``s`` moves every pooled token by
-  exactly ``(s - 1) pool(z_c) W_dec[c]`` (:func:`insight.steering.scale_concepts`).
+  exactly ``(s - 1) pool(z_c) W_dec[c]`` (:func:`insight.views.steering.scale_concepts`).
 - Checkpoint choice (App. B.6: "over the validation set"): the epoch with the lowest
   validation loss; metrics (BLEU-4, CIDEr, METEOR) on the test split with
   ``pycocoevalcap`` after its PTB tokenisation (METEOR and the tokeniser need Java).

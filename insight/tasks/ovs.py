@@ -222,7 +222,7 @@ def evaluate_ovs(
     out_dir: str | Path | None = None,
     names_path: str | Path | None = None,
 ) -> dict:
-    """Sec. 4.4: one benchmark, the three methods in one pass (see insight.ovs). With
+    """Sec. 4.4: one benchmark, the three methods in one pass (:func:`evaluate`). With
     ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
     figures of the first ``explain_images`` images (Fig. 7)."""
     dataset = benchmark(name, cfg.get("custom"))

@@ -395,7 +395,7 @@ def build_browser(
     cache: str | Path,
     out: str | Path,
 ) -> dict:
-    """The concept browser (``insight.browser``) from the names, the families, the concept
+    """The concept browser (:func:`write_browser`) from the names, the families, the concept
     shards of one dataset and, when it has images, their index (for the thumbnails)."""
     from insight.features.shards import shard_grid
 
