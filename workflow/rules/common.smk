@@ -253,7 +253,6 @@ def dinoiser_weights(wildcards=None):
 
 
 def all_targets():
-    check_default_datasets()
     targets = []
     for name in config["encode_datasets"]:
         if "source" in dataset_config(name):
