@@ -14,7 +14,8 @@ README = (REPO / "README.md").read_text()
 
 def test_readme_is_short_and_cites_the_paper():
     assert len(README.splitlines()) <= 200
-    assert "INSIGHT: Interpretable Semantic Hierarchies in Vision-Language Encoders" in README
+    prose = " ".join(README.replace("**", "").split())
+    assert "INSIGHT: Interpretable Semantic Hierarchies in Vision-Language Encoders" in prose
     assert "arXiv:2601.13798" in README and "@article{" in README
     for link in re.findall(r"\]\(((?:docs/)?[\w./-]+)\)", README):
         assert (REPO / link).exists(), link
