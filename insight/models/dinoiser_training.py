@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -228,6 +230,16 @@ def teacher_spec(cfg: dict) -> TeacherSpec:
 
 def dinoiser_train_config(cfg: dict) -> DinoiserTrainConfig:
     return from_config(DinoiserTrainConfig, cfg)
+
+
+def sample_training_images(index: pa.Table, count: int, seed: int) -> list[ImageRef]:
+    """``count`` images drawn at random (with the run's seed) from the whole index, as App.
+    B.1's "randomly sampled" ImageNet images; an index sorted by path (ImageNet's class
+    folders) would otherwise give ``count`` images of its first classes. Returned in index
+    order, so tar members are read shard by shard."""
+    rows = np.random.default_rng(seed).choice(len(index), min(count, len(index)), replace=False)
+    chosen = index.take(pa.array(np.sort(rows))).to_pylist()
+    return [ImageRef(r["image_id"], r["path"], r["member"]) for r in chosen]
 
 
 def train_dinoiser_from_images(

@@ -20,7 +20,7 @@ speech); a concept's score for a term is the max over its rows (Eq. B.12).
 from __future__ import annotations
 
 import csv
-import re
+import unicodedata
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -34,15 +34,29 @@ from insight.core.io import atomic_path
 TERM_SCHEMA = pa.schema([("term", pa.string()), ("sources", pa.list_(pa.string()))])
 
 
-_ALLOWED = re.compile(r"^[a-z0-9][a-z0-9 '\-&.]*$")
+MAX_WORDS = 4
+MAX_CHARACTERS = 48
+_PUNCTUATION = set(" '-&.")
 
 
-def normalise_term(raw: str, max_words: int = 4) -> str | None:
-    """Lower-case, trim and collapse whitespace; None for empty, odd or overlong terms."""
-    term = " ".join(str(raw).strip().lower().split())
-    if not term or len(term) > 48 or len(term.split()) > max_words or not _ALLOWED.match(term):
-        return None
-    return term
+def check_term(raw: str, max_words: int = MAX_WORDS) -> tuple[str | None, str | None]:
+    """``(term, None)`` for a usable term (NFC, lower-case, whitespace collapsed; letters of
+    any script, so accented words such as "café" are kept), else ``(None, reason)``."""
+    term = " ".join(unicodedata.normalize("NFC", str(raw)).strip().lower().split())
+    if not term:
+        return None, "empty"
+    if len(term.split()) > max_words:
+        return None, f"over {max_words} words"
+    if len(term) > MAX_CHARACTERS:
+        return None, f"over {MAX_CHARACTERS} characters"
+    if not term[0].isalnum() or not all(c.isalnum() or c in _PUNCTUATION for c in term):
+        return None, "characters other than letters, digits, space and ' - & ."
+    return term, None
+
+
+def normalise_term(raw: str, max_words: int = MAX_WORDS) -> str | None:
+    """The usable form of a term, or None (see :func:`check_term` for the reason)."""
+    return check_term(raw, max_words)[0]
 
 
 def wordfreq_terms(top_n: int) -> list[str]:
@@ -121,18 +135,26 @@ def collect_sources(cfg: dict) -> dict[str, list[str]]:
     return sources
 
 
-def build_vocabulary(sources: dict[str, Iterable[str]]) -> pa.Table:
-    """The union of the sources: normalised, deduplicated, sorted, with each term's sources."""
+def build_vocabulary(sources: dict[str, Iterable[str]]) -> tuple[pa.Table, dict[str, dict]]:
+    """The union of the sources: normalised, deduplicated, sorted, with each term's sources;
+    and the terms left out, by reason: ``{reason: {"count": n, "examples": [...]}}``."""
     terms: dict[str, set[str]] = {}
+    dropped: dict[str, dict] = {}
     for source, raw_terms in sources.items():
         for raw in raw_terms:
-            term = normalise_term(raw)
+            term, reason = check_term(raw)
             if term is not None:
                 terms.setdefault(term, set()).add(source)
+            elif reason != "empty":
+                entry = dropped.setdefault(reason, {"count": 0, "examples": []})
+                entry["count"] += 1
+                if len(entry["examples"]) < 5:
+                    entry["examples"].append(str(raw))
     ordered = sorted(terms)
-    return pa.table(
+    table = pa.table(
         {"term": ordered, "sources": [sorted(terms[t]) for t in ordered]}, schema=TERM_SCHEMA
     )
+    return table, dropped
 
 
 def embedding_table(terms: list[str], by_pos: dict[str, np.ndarray]) -> pa.Table:

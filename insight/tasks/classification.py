@@ -98,13 +98,19 @@ def classification_results(
 ) -> tuple[list[dict], dict]:
     """Table rows (method, dataset, top1, top5, nonzero weights per class) for the probes
     on INSIGHT concepts (both variants) and on the CLIP embedding, plus zero-shot CLIP;
-    and explanations of the first test images by the INSIGHT probe."""
-    from insight.tasks.probe import accuracy, explain, sweep
+    and explanations of the first test images by the INSIGHT probe.
+
+    ``cfg["pooling"]`` picks [max ; mean] (App. B.5) or max alone (the release) from the
+    cached vectors; ``cfg["l1_scale"]`` and ``cfg["bias"]`` go to the probe."""
+    from insight.tasks.probe import accuracy, explain, select_pooling, sweep
 
     def matrix(table: pa.Table, column: str) -> torch.Tensor:
-        return torch.from_numpy(
+        vectors = torch.from_numpy(
             np.stack(table[column].to_numpy(zero_copy_only=False)).astype(np.float32)
         )
+        if column == "clip":
+            return vectors
+        return select_pooling(vectors, vectors.shape[1] // 2, cfg["pooling"])
 
     y_train = torch.from_numpy(train["label"].to_numpy().astype(np.int64))
     y_test = torch.from_numpy(test["label"].to_numpy().astype(np.int64))
@@ -120,6 +126,8 @@ def classification_results(
             cfg["l1s"],
             cfg["epochs"],
             cfg["holdout_fraction"],
+            l1_scale=cfg["l1_scale"],
+            use_bias=cfg["bias"],
         )
         logits = probe.logits(matrix(test, method))
         probes[method] = probe
@@ -150,7 +158,7 @@ def classification_results(
     names = concept_names(names_path)
     explanations = {}
     x_test = matrix(test, "insight")
-    m = x_test.shape[1] // 2
+    m = test.schema.field("insight").type.list_size // 2  # concepts
     for i in range(min(cfg["explain_images"], len(test))):
         result = explain(probes["insight"], x_test[i])
         result["class"] = class_names[result["class"]]

@@ -29,3 +29,25 @@ def test_train_dinoiser_from_images_fits_a_head_and_reports(tiny_run):
     assert torch.isfinite(torch.tensor(metrics["final_loss"]))
     g = load_dinoiser(tiny_run.results / "models/dinoiser.safetensors")
     assert isinstance(g, DINOiser)
+
+
+def test_training_images_are_sampled_across_a_folder_sorted_by_class(tmp_path):
+    """App. B.1 samples the DINOiser's images at random: a 2-class folder (sorted by path,
+    as ImageNet's class folders are) gives images of both classes, the same for a seed."""
+    from PIL import Image
+
+    from insight.data.images import assign_shards, list_images
+    from insight.models.dinoiser_training import sample_training_images
+
+    for label in ("n01440764", "n01443537"):
+        (tmp_path / label).mkdir()
+        for i in range(20):
+            Image.new("RGB", (8, 8)).save(tmp_path / label / f"{i:03d}.png")
+    index = assign_shards(list_images(tmp_path, "folder"), 100)
+    chosen = sample_training_images(index, 10, seed=0)
+    assert len(chosen) == 10 == len({ref.image_id for ref in chosen})
+    assert {ref.image_id.split("/")[0] for ref in chosen} == {"n01440764", "n01443537"}
+    assert chosen == sample_training_images(index, 10, seed=0)
+    assert chosen != sample_training_images(index, 10, seed=1)
+    assert [ref.image_id for ref in chosen] == sorted(ref.image_id for ref in chosen)
+    assert len(sample_training_images(index, 1000, seed=0)) == 40

@@ -107,9 +107,10 @@ def test_vocabulary_union_normalises_and_records_sources(tmp_path):
     (tmp_path / "mine.txt").write_text("Red Car\n  blue   sky \n\nred car\n#comment\n")
     pa_path = tmp_path / "laion.parquet"
     write_parquet(pa.table({"term": ["sky", "sailboat"]}), pa_path)
-    vocabulary = build_vocabulary(
+    vocabulary, dropped = build_vocabulary(
         {"list:mine.txt": list_terms(tmp_path / "mine.txt"), "laion": list_terms(pa_path)}
     )
+    assert list(dropped) == ["characters other than letters, digits, space and ' - & ."]
     rows = dict(zip(vocabulary["term"].to_pylist(), vocabulary["sources"].to_pylist(), strict=True))
     assert rows == {
         "blue sky": ["list:mine.txt"],
@@ -119,6 +120,30 @@ def test_vocabulary_union_normalises_and_records_sources(tmp_path):
     }
     assert normalise_term("  Ice   Cream ") == "ice cream"
     assert normalise_term("") is None and normalise_term("<script>") is None
+
+
+def test_accented_terms_are_kept_and_every_left_out_term_is_counted():
+    vocabulary, dropped = build_vocabulary(
+        {
+            "mine": [
+                "Café",
+                "crème brûlée",
+                "piñata",
+                "a b c d e",
+                "one two three four five six",
+                "<b>",
+                "x" * 60,
+                "",
+            ]
+        }
+    )
+    assert vocabulary["term"].to_pylist() == ["café", "crème brûlée", "piñata"]
+    assert {reason: entry["count"] for reason, entry in dropped.items()} == {
+        "over 4 words": 2,
+        "characters other than letters, digits, space and ' - & .": 1,
+        "over 48 characters": 1,
+    }
+    assert dropped["over 4 words"]["examples"] == ["a b c d e", "one two three four five six"]
 
 
 def test_sources_from_packages_and_thresholds(tmp_path):

@@ -6,11 +6,12 @@ import torch
 from insight.core.io import write_json
 from insight.core.logs import setup_logging
 from insight.core.runtime import resolve_device
-from insight.data.images import ImageRef, decode_policy
+from insight.data.images import decode_policy
 from insight.models.backbone import backbone_spec
 from insight.models.dinoiser import save_dinoiser
 from insight.models.dinoiser_training import (
     dinoiser_train_config,
+    sample_training_images,
     teacher_spec,
     train_dinoiser_from_images,
 )
@@ -18,8 +19,7 @@ from insight.models.dinoiser_training import (
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.dinoiser
-index = pq.read_table(snakemake.input.index).slice(0, cfg["images"]).to_pylist()
-refs = [ImageRef(r["image_id"], r["path"], r["member"]) for r in index]
+refs = sample_training_images(pq.read_table(snakemake.input.index), cfg["images"], cfg["seed"])
 model, metrics = train_dinoiser_from_images(
     refs,
     backbone_spec(snakemake.params.backbone),

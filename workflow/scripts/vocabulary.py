@@ -6,6 +6,8 @@ from insight.naming.vocabulary import build_vocabulary, collect_sources
 
 log = setup_logging(snakemake.log[0])
 sources = collect_sources(snakemake.params.sources)
-table = build_vocabulary(sources)
+table, dropped = build_vocabulary(sources)
 write_parquet(table, snakemake.output[0])
 log.info("%d terms from %s", table.num_rows, {name: len(terms) for name, terms in sources.items()})
+for reason, entry in dropped.items():
+    log.warning("left out %d terms (%s), e.g. %s", entry["count"], reason, entry["examples"])
