@@ -186,6 +186,26 @@ def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])
 
 
+def maskclip_with_block_tokens(
+    visual: nn.Module, images: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskCLIP features ``(B, d, h, w)`` and, from the same forward pass, the patch tokens
+    ``(B, width, h, w)`` leaving ``ln_2`` of residual block ``block`` (class token dropped):
+    the input of CLIP-DINOiser's published head (block -3)."""
+    blocks = visual.transformer.resblocks
+    if not -len(blocks) <= block < len(blocks) or block % len(blocks) == len(blocks) - 1:
+        raise ValueError(f"block {block}: the head must read a block before the last")
+    captured: list[torch.Tensor] = []
+    hook = blocks[block].ln_2.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        dense = maskclip_features(visual, images)
+    finally:
+        hook.remove()
+    tokens = captured[0] if visual.transformer.batch_first else captured[0].transpose(0, 1)
+    tokens = tokens[:, 1:].transpose(1, 2)
+    return dense, tokens.reshape(tokens.shape[0], tokens.shape[1], *dense.shape[-2:])
+
+
 def image_size(visual: nn.Module) -> tuple[int, int]:
     return tuple(visual.image_size)  # type: ignore[return-value]
 

@@ -22,8 +22,17 @@ from insight.models.backbone import (
     last_block_projection,
     load_clip,
     maskclip_features,
+    maskclip_with_block_tokens,
 )
-from insight.models.dinoiser import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, DINOiser, cosine_affinity
+from insight.models.dinoiser import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    PUBLISHED_BLOCK,
+    AnyDINOiser,
+    ClipDINOiserHead,
+    DINOiser,
+    cosine_affinity,
+)
 
 
 def affinity_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -137,6 +146,22 @@ class DinoiserTrainConfig:
     teacher_threshold: float = 0.2
     d_out: int = 64
     seed: int = 0
+    head: str = "paper"  # or "published": CLIP-DINOiser's layout, trained on block -3 tokens
+
+
+def new_head(config: DinoiserTrainConfig, d_in: int) -> AnyDINOiser:
+    """An untrained head of ``config.head``: the published one reads ``d_in``-wide block
+    tokens (its background decoder is not fitted here), the paper's the d_in-dim features."""
+    if config.head == "published":
+        return ClipDINOiserHead(d_in, has_foreground=False)
+    return DINOiser(d_in, config.d_out)
+
+
+def head_inputs(visual: nn.Module, images: torch.Tensor, head: str) -> torch.Tensor:
+    """What g reads: block -3 tokens (published head) or the MaskCLIP features (paper)."""
+    if head == "published":
+        return maskclip_with_block_tokens(visual, images, PUBLISHED_BLOCK)[1]
+    return maskclip_features(visual, images)
 
 
 def train_dinoiser(
@@ -145,9 +170,9 @@ def train_dinoiser(
     config: DinoiserTrainConfig,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
-) -> tuple[DINOiser, dict]:
-    """Fit g on cached frozen inputs (App. B.1): CLIP dense ``features (n, d, h, w)``
-    against binarised teacher affinities ``targets (n, N, N)`` with Adam.
+) -> tuple[AnyDINOiser, dict]:
+    """Fit g on cached frozen inputs (App. B.1): what the head reads ``(n, d, h, w)`` (see
+    :func:`head_inputs`) against binarised teacher affinities ``targets (n, N, N)`` with Adam.
 
     The backbone and teacher are frozen, so their outputs are computed once and the
     epochs iterate over the cache. Returns g and metrics (final loss, pair accuracy).
@@ -158,7 +183,7 @@ def train_dinoiser(
         )
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    model = DINOiser(features.shape[1], config.d_out).to(device)
+    model = new_head(config, features.shape[1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     n = features.shape[0]
     epoch_loss = float("nan")
@@ -250,7 +275,7 @@ def train_dinoiser_from_images(
     policy: DecodePolicy,
     device: torch.device,
     batch_size: int = 32,
-) -> tuple[DINOiser, dict]:
+) -> tuple[AnyDINOiser, dict]:
     """App. B.1: cache frozen CLIP features and binarised teacher affinities, then fit g."""
     model, preprocess, _ = load_clip(spec, device)
     transform = BatchTransform(preprocess)
@@ -273,7 +298,7 @@ def train_dinoiser_from_images(
             rejected += len(bad)
             if pixels is not None:
                 images = transform.batch(pixels, device)
-                features.append(maskclip_features(visual, images).float().cpu())
+                features.append(head_inputs(visual, images, config.head).float().cpu())
                 affinity = affinity_of(images)
                 targets.append(binarise(affinity, config.teacher_threshold).cpu())
             bar.update(len(good) + len(bad))

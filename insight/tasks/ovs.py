@@ -13,8 +13,16 @@ single template set), as ``logit_scale * cos``:
 Window logits are averaged, resized bilinearly to the image's original size and
 argmaxed. Background (datasets whose class 0 is background): ``prompt`` scores a
 "background" prompt like any class; ``threshold`` predicts background where the
-largest class probability (softmax of the logits) is below ``threshold`` (scored
-classes then exclude background).
+largest class probability (softmax of the logits) is below ``threshold``; ``found``
+(CLIP-DINOiser's FOUND rule, with the published head) predicts background where the
+largest class probability is below 0.99 and the head's foreground score below 0.5
+(scored classes then exclude background). ``auto`` is what the release does: ``found``
+on VOC and COCO-Object when the head has a background decoder, ``prompt`` elsewhere
+(Context-60 scores "background" like any class).
+
+The short side is 448 on every benchmark (CLIP-DINOiser's protocol) or, with
+``short_side: release``, the released configs' 512 for ADE20K and COCO-Stuff and 1024
+for Cityscapes.
 """
 
 from __future__ import annotations
@@ -55,6 +63,9 @@ from insight.tasks.segmentation import (
 )
 
 METHODS = ("clip_dinoiser", "insight", "insight_thresholded")
+BACKGROUND_RULES = ("auto", "prompt", "threshold", "found")
+FOUND_BENCHMARKS = ("voc", "coco_object")  # where the release applies FOUND
+RELEASE_SHORT_SIDE = {"ade20k": 512, "coco_stuff": 512, "cityscapes": 1024}
 
 
 log = logging.getLogger(__name__)
@@ -62,14 +73,61 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OVSConfig:
-    short_side: int = 448
+    short_side: int | str = 448  # or "release": per benchmark (RELEASE_SHORT_SIDE)
     long_max: int = 2048
     window: int = 448
     stride: int = 224
     logit_scale: float = 100.0
-    background: str = "prompt"  # or "threshold"
+    background: str = "auto"  # one of BACKGROUND_RULES
     background_threshold: float = 0.5
+    found_confidence: float = 0.99
+    found_foreground: float = 0.5
     max_images: int | None = None
+
+
+def protocol_short_side(benchmark_name: str, setting: int | str) -> int:
+    """The short side a benchmark's images are resized to: ``setting`` itself, or 448
+    except where the released configs use 512 (ADE20K, COCO-Stuff) or 1024 (Cityscapes)."""
+    if setting == "release":
+        return RELEASE_SHORT_SIDE.get(benchmark_name, 448)
+    return int(setting)
+
+
+def background_rule(dataset: OVSDataset, setting: str, has_foreground: bool) -> str:
+    """The background rule a benchmark is scored with (``none`` without a background class);
+    ``auto`` applies FOUND only where the release does."""
+    if setting not in BACKGROUND_RULES:
+        raise ValueError(f"ovs.background must be one of {BACKGROUND_RULES}, not {setting!r}")
+    if not dataset.background:
+        return "none"
+    if setting == "auto":
+        return "found" if dataset.name in FOUND_BENCHMARKS and has_foreground else "prompt"
+    if setting == "found" and not has_foreground:
+        raise ValueError(
+            "ovs.background: found needs the published CLIP-DINOiser head "
+            "(dinoiser.head: published with dinoiser.checkpoint)"
+        )
+    return setting
+
+
+def resolved_protocol(config: OVSConfig, dataset: OVSDataset, has_foreground: bool) -> OVSConfig:
+    """``config`` with this benchmark's short side and background rule filled in."""
+    return dataclasses.replace(
+        config,
+        short_side=protocol_short_side(dataset.name, config.short_side),
+        background=background_rule(dataset, config.background, has_foreground),
+    )
+
+
+def found_background(
+    probabilities: torch.Tensor,
+    foreground: torch.Tensor,
+    confidence: float = 0.99,
+    foreground_threshold: float = 0.5,
+) -> torch.Tensor:
+    """FOUND's rule: pixels whose best class probability ``(C, H, W)`` is below
+    ``confidence`` and whose foreground score ``(H, W)`` is below the threshold."""
+    return (probabilities.max(0).values < confidence) & (foreground < foreground_threshold)
 
 
 def method_embeddings(
@@ -85,7 +143,7 @@ def method_embeddings(
 
 def scored_classes(dataset: OVSDataset, config: OVSConfig) -> list[str]:
     """The classes given a text embedding (the background prompt only in ``prompt`` mode)."""
-    if dataset.background and config.background == "threshold":
+    if dataset.background and config.background in ("threshold", "found"):
         return list(dataset.classes[1:])
     return list(dataset.classes)
 
@@ -106,9 +164,11 @@ def predict(
     x = resize_to_protocol(transform.batch(pixels, device), config.short_side, config.long_max)
     methods = [m for m in METHODS if sae is not None or m == "clip_dinoiser"]
     n_classes = text.shape[0]
+    found = config.background == "found"
 
     def window_logits(crop: torch.Tensor) -> torch.Tensor:
-        features = encoder(crop)[0]  # (N, d)
+        batch_features, foreground = encoder.features_and_foreground(crop, found)
+        features = batch_features[0]  # (N, d)
         grid = patch_grid(encoder.visual, crop.shape[-2], crop.shape[-1])
         embeddings = method_embeddings(features, sae)
         logits = []
@@ -123,11 +183,16 @@ def predict(
                     align_corners=False,
                 )
             )
+        if foreground is not None:  # one more channel: the foreground score, slid alike
+            logits.append(
+                F.interpolate(
+                    foreground[:, None], size=crop.shape[-2:], mode="bilinear", align_corners=False
+                )
+            )
         return torch.cat(logits, dim=1)
 
-    logits = slide_inference(
-        x, window_logits, len(methods) * n_classes, config.window, config.stride
-    )
+    channels = len(methods) * n_classes + int(found)
+    logits = slide_inference(x, window_logits, channels, config.window, config.stride)
     logits = F.interpolate(
         logits, size=(image.height, image.width), mode="bilinear", align_corners=False
     )
@@ -135,9 +200,14 @@ def predict(
     for i, method in enumerate(methods):
         scores = logits[0, i * n_classes : (i + 1) * n_classes]
         prediction = scores.argmax(0)
-        if dataset.background and config.background == "threshold":
+        if config.background == "threshold":
             probability = scores.softmax(0).max(0).values
             prediction = torch.where(probability < config.background_threshold, 0, prediction + 1)
+        elif found:
+            background = found_background(
+                scores.softmax(0), logits[0, -1], config.found_confidence, config.found_foreground
+            )
+            prediction = torch.where(background, 0, prediction + 1)
         out[method] = prediction.cpu().numpy().astype(np.int64)
     return out
 
@@ -227,9 +297,10 @@ def evaluate_ovs(
     figures of the first ``explain_images`` images (Fig. 7)."""
     dataset = benchmark(name, cfg.get("custom"))
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
-    config = from_config(OVSConfig, cfg)
     models = load_frozen(frozen, device)
     encoder, transform = models.encoder, models.transform
+    config = resolved_protocol(from_config(OVSConfig, cfg), dataset, encoder.has_foreground)
+    log.info("%s: short side %d, background %s", name, config.short_side, config.background)
     text_encoder = cached_text_encoder(
         models.model, models.tokenizer, frozen.backbone, cache_dir, device
     )

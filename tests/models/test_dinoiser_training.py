@@ -9,6 +9,7 @@ from insight.models.dinoiser_training import (
     TeacherSpec,
     dinoiser_train_config,
     teacher_spec,
+    train_dinoiser,
 )
 
 
@@ -51,3 +52,15 @@ def test_training_images_are_sampled_across_a_folder_sorted_by_class(tmp_path):
     assert chosen != sample_training_images(index, 10, seed=1)
     assert [ref.image_id for ref in chosen] == sorted(ref.image_id for ref in chosen)
     assert len(sample_training_images(index, 1000, seed=0)) == 40
+
+
+def test_the_published_head_trains_on_block_tokens_with_the_release_layout():
+    from insight.models.dinoiser import ClipDINOiserHead
+
+    tokens = torch.randn(4, 24, 3, 3)
+    targets = torch.eye(9, dtype=torch.bool).expand(4, 9, 9)
+    config = DinoiserTrainConfig(epochs=2, lr=1e-3, batch_size=2, head="published")
+    head, metrics = train_dinoiser(tokens, targets, config)
+    assert isinstance(head, ClipDINOiserHead) and not head.has_foreground
+    assert tuple(head.obj_proj.weight.shape) == (256, 24, 3, 3)
+    assert head.obj_proj.padding_mode == "replicate" and metrics["images"] == 4

@@ -9,7 +9,16 @@ from insight.data.images import DatasetLayoutError
 from insight.models.dense import DenseEncoder
 from insight.models.dinoiser import DINOiser
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
-from insight.tasks.ovs import METHODS, OVSConfig, evaluate, predict
+from insight.tasks.ovs import (
+    METHODS,
+    OVSConfig,
+    background_rule,
+    evaluate,
+    found_background,
+    predict,
+    protocol_short_side,
+    resolved_protocol,
+)
 
 
 def write_pair(image_path, label_path, size=(64, 48), label_value=1, palette=False):
@@ -167,3 +176,60 @@ def test_explanation_figure_and_prediction_png(tmp_path, models):
     save_prediction_png(np.array([[0, 1], [2, 255]]), tmp_path / "p.png")
     saved = Image.open(tmp_path / "p.png")
     assert saved.mode == "P" and np.array(saved).tolist() == [[0, 1], [2, 255]]
+
+
+def test_found_background_rule_by_hand():
+    """Background where the best class probability < 0.99 AND the foreground score < 0.5."""
+    probabilities = torch.tensor(
+        [[[0.995, 0.6, 0.6, 0.3]], [[0.005, 0.4, 0.4, 0.7]]]
+    )  # (C=2, H=1, W=4): best 0.995, 0.6, 0.6, 0.7
+    foreground = torch.tensor([[0.1, 0.1, 0.9, 0.49]])
+    assert found_background(probabilities, foreground).tolist() == [[False, True, False, True]]
+    assert found_background(probabilities, foreground, 0.5, 0.5).tolist() == [
+        [False, False, False, False]
+    ]
+
+
+def test_by_default_found_applies_only_where_the_release_applies_it():
+    for name, dataset in DATASETS.items():
+        rule = background_rule(dataset, "auto", has_foreground=True)
+        if not dataset.background:
+            assert rule == "none", name
+        else:
+            assert rule == ("found" if name in ("voc", "coco_object") else "prompt"), name
+        if dataset.background:  # a head without a background decoder: the prompt
+            assert background_rule(dataset, "auto", has_foreground=False) == "prompt"
+    assert background_rule(DATASETS["context"], "found", True) == "found"
+    with pytest.raises(ValueError, match="found needs the published CLIP-DINOiser head"):
+        background_rule(DATASETS["voc"], "found", has_foreground=False)
+
+
+def test_short_side_per_benchmark_as_released_or_one_for_all():
+    assert [protocol_short_side(n, "release") for n in ("voc", "ade20k", "coco_stuff")] == [
+        448,
+        512,
+        512,
+    ]
+    assert protocol_short_side("cityscapes", "release") == 1024
+    assert protocol_short_side("cityscapes", 448) == 448
+    config = resolved_protocol(OVSConfig(short_side="release"), DATASETS["ade20k"], False)
+    assert (config.short_side, config.background) == (512, "none")
+
+
+@pytest.mark.parametrize("bias, expect_background", [(-10.0, True), (10.0, False)])
+def test_predict_with_found_uses_the_heads_foreground(models, bias, expect_background):
+    from insight.models.dinoiser import ClipDINOiserHead
+
+    encoder, transform, sae = models
+    head = ClipDINOiserHead(64, block=-2)
+    with torch.no_grad():
+        head.bkg_decoder.weight.zero_()
+        head.bkg_decoder.bias.fill_(bias)
+    found_encoder = DenseEncoder(encoder.visual, head.eval())
+    text = torch.nn.functional.normalize(torch.randn(20, 64), dim=-1)  # classes 1..20
+    config = resolved_protocol(OVSConfig(logit_scale=1.0), DATASETS["voc"], True)
+    assert config.background == "found"
+    image = Image.new("RGB", (96, 64), (10, 200, 30))
+    out = predict(image, found_encoder, transform, text, sae, DATASETS["voc"], config)
+    for prediction in out.values():  # at scale 1 no class is 99% sure
+        assert (prediction == 0).all() if expect_background else (prediction >= 1).all()

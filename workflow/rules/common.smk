@@ -7,12 +7,14 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this c
 
 from insight.core.provenance import script_digest
 from insight.core.settings import ConfigError, validate_config
+from insight.models.head_settings import check_dinoiser_settings, published_head_missing
 
 try:
     validate_config(
         config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
     )
-except ConfigError as err:
+    check_dinoiser_settings(config["dinoiser"])
+except (ConfigError, ValueError) as err:
     raise WorkflowError(str(err)) from None
 
 DEMO_IMAGES = "results/demo/images"
@@ -106,17 +108,6 @@ def checked_source(name):
             f"Expected for kind {ds['kind']!r}: {SOURCE_LAYOUTS[ds['kind']]}"
         )
     return source
-
-
-def check_default_datasets():
-    """The image datasets the default target needs exist (or the demo makes them), so a
-    missing one stops the run before any job, in one message naming the folder."""
-    names = {config["train_dataset"], *config["encode_datasets"]}
-    if config["dinoiser"]["enabled"]:
-        names.add(config["dinoiser"]["dataset"] or config["train_dataset"])
-    for name in sorted(names):
-        if "source" in dataset_config(name):
-            checked_source(name)
 
 
 def dinoiser_dataset():
@@ -247,9 +238,17 @@ def rejected_tables(dataset):
 
 
 def dinoiser_weights(wildcards=None):
-    return (
-        ["results/models/dinoiser.safetensors"] if config["dinoiser"]["enabled"] else []
-    )
+    """The DINOiser head a model job reads: the released checkpoint when one is configured
+    (then train_dinoiser does not run), else the head train_dinoiser writes; none when the
+    DINOiser is disabled."""
+    dinoiser = config["dinoiser"]
+    if not dinoiser["enabled"]:
+        return []
+    if dinoiser["checkpoint"]:
+        if not Path(dinoiser["checkpoint"]).is_file():
+            raise WorkflowError(published_head_missing(dinoiser["checkpoint"]))
+        return [dinoiser["checkpoint"]]
+    return ["results/models/dinoiser.safetensors"]
 
 
 def all_targets():
