@@ -6,6 +6,13 @@
   D[i, a] * w_ia * W_dec[a]`` with alpha = 1.33 and ``w_ia`` the mean activation of
   concept a over the top-30 patches of concept i (patches where a is silent count as
   0). "Parent" is a *direct* parent in the family DAG, as Eq. B.9 writes it.
+- ``release`` (the authors' released naming vector): the family of i is i itself and
+  every j with ``D[i, j] > threshold`` straight from D (not the cycle-free DAG), weighted
+  ``W[i, j] = D[i, j]`` (``W[i, i] = 1``); ``t[i, a]`` = the mean activation of a over
+  i's top-30 patches for every concept a; ``w_i = W[i] * t[i]`` rescaled to the norm
+  ``alpha * mean_i ||t[i]||`` (the mean over concepts that fired); ``v_i = w_i W_dec + b_dec``.
+  Unlike B.9 as printed, the weights are renormalised to a common norm and alpha scales
+  the whole vector, not only the concept's own term.
 - The name is ``argmax_v max_p cos(v_i, E_p(v))`` over the vocabulary (Eq. B.12-B.13),
   looked up in a FAISS inner-product index of the unit template embeddings.
 - A concept that never fired has no top patches; it is not named (``name`` null).
@@ -18,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -38,15 +46,22 @@ NAME_SCHEMA = pa.schema(
 )
 
 
+NAMING_METHODS = ("hierarchy", "decoder", "release")
+
+
 def top_patch_weights(
-    concept_paths: Sequence[str | Path], families: pa.Table, top: int = 30
+    concept_paths: Sequence[str | Path], families: pa.Table | None, top: int = 30
 ) -> pa.Table:
-    """``w_ia`` for every concept i and every a in {i} and the parents of i: the mean
-    activation of a over the ``top`` most activating patches of i (DuckDB, out of core)."""
+    """``w_ia`` for every concept i and every a in {i} and the parents of i (every a that
+    fires in those patches when ``families`` is None): the mean activation of a over the
+    ``top`` most activating patches of i (DuckDB, out of core)."""
     import duckdb
 
     con = duckdb.connect()
-    con.register("families", families)
+    every_other = families is None
+    con.register(
+        "families", families if families is not None else pa.table({"child": [0], "parent": [0]})
+    )
     return con.sql(
         """
         with acts as (select image_id, patch, concept, activation from read_parquet($files)),
@@ -62,13 +77,47 @@ def top_patch_weights(
         select t.concept, a.concept as other, sum(a.activation) / any_value(c.n) as weight
         from top_patches t
         join acts a using (image_id, patch)
-        join wanted w on w.concept = t.concept and w.other = a.concept
         join counts c on c.concept = t.concept
+        where $every or exists (
+            select 1 from wanted w where w.concept = t.concept and w.other = a.concept
+        )
         group by t.concept, a.concept
         order by t.concept, a.concept
         """,
-        params={"files": [str(p) for p in concept_paths], "top": top},
+        params={"files": [str(p) for p in concept_paths], "top": top, "every": every_other},
     ).to_arrow_table()
+
+
+def release_concept_vectors(
+    w_dec: np.ndarray,
+    b_dec: np.ndarray,
+    weights: pa.Table,
+    cooccurrence: pa.Table,
+    threshold: float = 0.75,
+    alpha: float = 1.33,
+) -> np.ndarray:
+    """The release's naming vectors (module docstring): ``weights`` holds ``t[i, a]`` for
+    every pair (:func:`top_patch_weights` without families), ``cooccurrence`` the entries
+    ``D[i, j]`` of ``cooccurrence.parquet``."""
+    from scipy import sparse
+
+    m = w_dec.shape[0]
+
+    def matrix(table: pa.Table, value: str) -> sparse.csr_matrix:
+        rows, cols = table["concept"].to_numpy(), table["other"].to_numpy()
+        return sparse.csr_matrix((table[value].to_numpy().astype(np.float64), (rows, cols)), (m, m))
+
+    t = matrix(weights, "weight")
+    family = matrix(
+        cooccurrence.filter(pc.greater(cooccurrence["confidence"], threshold)), "confidence"
+    )
+    family = family - sparse.diags(family.diagonal()) + sparse.identity(m, format="csr")
+    norms = np.sqrt(np.asarray(t.multiply(t).sum(axis=1)).ravel())
+    target = alpha * norms[norms > 0].mean() if (norms > 0).any() else 0.0
+    w = sparse.csr_matrix(family.multiply(t))
+    w_norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
+    scale = np.divide(target, w_norms, out=np.zeros(m), where=w_norms > 0)
+    return np.asarray(sparse.diags(scale) @ w @ w_dec) + b_dec
 
 
 def concept_vectors(
@@ -78,12 +127,19 @@ def concept_vectors(
     weights: pa.Table | None = None,
     families: pa.Table | None = None,
     alpha: float = 1.33,
+    cooccurrence: pa.Table | None = None,
+    threshold: float = 0.75,
 ) -> np.ndarray:
-    """Concept vectors (m, d) to name: Eq. 6 (``decoder``) or Eq. B.9 (``hierarchy``)."""
+    """Concept vectors (m, d) to name: Eq. 6 (``decoder``), Eq. B.9 (``hierarchy``) or the
+    release's vector (``release``, :func:`release_concept_vectors`)."""
+    if method not in NAMING_METHODS:
+        raise ValueError(f"naming.method must be one of {NAMING_METHODS}, got {method!r}")
     if method == "decoder":
         return w_dec + b_dec
-    if method != "hierarchy":
-        raise ValueError(f"naming.method must be hierarchy or decoder, got {method!r}")
+    if method == "release":
+        if weights is None or cooccurrence is None:
+            raise ValueError("release naming needs the top-patch weights and the co-occurrence D")
+        return release_concept_vectors(w_dec, b_dec, weights, cooccurrence, threshold, alpha)
     if weights is None or families is None:
         raise ValueError("hierarchy naming needs the top-patch weights and the family DAG")
     m = w_dec.shape[0]
@@ -171,17 +227,23 @@ def name_concepts(
     embeddings_path: str | Path,
     index_path: str | Path,
     cfg: dict,
+    cooccurrence_path: str | Path | None = None,
+    threshold: float = 0.75,
 ) -> pa.Table:
-    """Sec. 3.4: concept vectors (Eq. 6 or B.9) named against the vocabulary (B.12-B.13)."""
+    """Sec. 3.4: concept vectors (Eq. 6, B.9 or the release's) named against the vocabulary
+    (B.12-B.13); ``threshold`` is the family threshold on D (``hierarchy.threshold``)."""
     sae = load_sae(sae_path)
     w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
     families = pq.read_table(families_path)
-    weights = (
-        top_patch_weights(concept_paths, families, cfg["top_patches"])
-        if cfg["method"] == "hierarchy"
-        else None
+    method = cfg["method"]
+    weights = None
+    if method in ("hierarchy", "release"):
+        wanted = families if method == "hierarchy" else None
+        weights = top_patch_weights(concept_paths, wanted, cfg["top_patches"])
+    cooccurrence = pq.read_table(cooccurrence_path) if method == "release" else None
+    vectors = concept_vectors(
+        w_dec, b_dec, method, weights, families, cfg["alpha"], cooccurrence, threshold
     )
-    vectors = concept_vectors(w_dec, b_dec, cfg["method"], weights, families, cfg["alpha"])
     terms = pq.read_table(embeddings_path, columns=["term"])["term"].to_pylist()
     totals = pq.read_table(totals_path)
     groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()

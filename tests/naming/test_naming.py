@@ -267,6 +267,49 @@ def test_top_patch_weights_by_hand(tmp_path):
     assert got[(5, 7)] == pytest.approx((1.0 + 0.0) / 2)
     assert got[(7, 7)] == pytest.approx((6.0 + 1.0) / 2)
     assert (5, 9) not in got  # 9 is not a parent of 5
+    every = top_patch_weights([tmp_path / "shard-00000.parquet"], None, top=2)
+    pairs = {
+        (c, o): w
+        for c, o, w in zip(
+            *(every[k].to_pylist() for k in ("concept", "other", "weight")), strict=True
+        )
+    }
+    assert pairs[(5, 9)] == pytest.approx((0.0 + 4.0) / 2)  # the release reads every concept
+    assert {k: v for k, v in pairs.items() if k in got} == pytest.approx(got)
+
+
+def test_release_naming_vector_by_hand_on_three_concepts():
+    w_dec = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b_dec = np.array([0.5, 0.0])
+    # t[i, a]: mean activation of a over i's top patches
+    t = {(0, 0): 2.0, (0, 1): 1.0, (0, 2): 0.5, (1, 1): 1.0, (2, 2): 3.0, (2, 0): 1.0}
+    weights = pa.table(
+        {
+            "concept": [c for c, _ in t],
+            "other": [o for _, o in t],
+            "weight": list(t.values()),
+        }
+    )
+    d = {(0, 1): 0.8, (0, 2): 0.5, (2, 0): 0.9, (1, 0): 0.3}  # only D > 0.75 joins a family
+    cooccurrence = pa.table(
+        {
+            "concept": pa.array([c for c, _ in d], pa.int32()),
+            "other": pa.array([o for _, o in d], pa.int32()),
+            "confidence": pa.array(list(d.values()), pa.float32()),
+        }
+    )
+    vectors = concept_vectors(
+        w_dec, b_dec, "release", weights, None, 1.33, cooccurrence, threshold=0.75
+    )
+    # families: 0 -> {0: 1, 1: 0.8}; 1 -> {1: 1}; 2 -> {2: 1, 0: 0.9}
+    w = np.array([[2.0, 0.8, 0.0], [0.0, 1.0, 0.0], [0.9, 0.0, 3.0]])
+    norm_t = np.array([np.sqrt(4 + 1 + 0.25), 1.0, np.sqrt(9 + 1)])
+    target = 1.33 * norm_t.mean()
+    expected = (target * w / np.linalg.norm(w, axis=1, keepdims=True)) @ w_dec + b_dec
+    np.testing.assert_allclose(vectors, expected, rtol=1e-6)
+    # row 0 by hand: w0 = (2, 0.8, 0) / sqrt(4.64) * target -> (2, 0.8) direction
+    scale = target / np.sqrt(4.64)
+    np.testing.assert_allclose(vectors[0], [2 * scale + 0.5, 0.8 * scale], rtol=1e-6)
 
 
 def test_user_embeddings_are_normalised(tmp_path):

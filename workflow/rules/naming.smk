@@ -42,10 +42,11 @@ rule embed_vocabulary:
 
 
 rule name_concepts:
-    """Name every concept: Eq. B.9 with its parents (hierarchy) or Eq. 6 (decoder)."""
+    """Name every concept: Eq. B.9 with its parents (hierarchy), Eq. 6 (decoder) or the release's vector (release)."""
     input:
         sae="results/models/sae.safetensors",
         families="results/hierarchy/families.parquet",
+        cooccurrence="results/hierarchy/cooccurrence.parquet",
         totals="results/hierarchy/totals.parquet",
         concepts=lambda wc: concept_shards(hierarchy_dataset()),
         embeddings="results/vocabulary/embeddings.parquet",
@@ -59,6 +60,7 @@ rule name_concepts:
     threads: 2
     params:
         naming=config["naming"],
+        threshold=config["hierarchy"]["threshold"],
         code=script_version("name_concepts"),
     script:
         "../scripts/name_concepts.py"

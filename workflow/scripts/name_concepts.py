@@ -16,6 +16,8 @@ table = name_concepts(
     snakemake.input.embeddings,
     snakemake.input.index,
     snakemake.params.naming,
+    snakemake.input.cooccurrence,
+    snakemake.params.threshold,
 )
 write_parquet(table, snakemake.output[0])
 named = table.filter(table["name"].is_valid())
