@@ -2,6 +2,7 @@
 
     insight explain IMAGE [--label TEXT] [--configfile FILE]...
     insight caption IMAGE [--scale NAME=FACTOR]... [--family] [--configfile FILE]...
+    insight export-sae OUT [--format dictionary_learning|saelens] [--results DIR]
 
 Run it in the workflow's directory: the config is ``config.yaml`` updated by each
 ``--configfile`` (as Snakemake does), validated against the workflow's schema, and the
@@ -82,6 +83,14 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_sae(args: argparse.Namespace) -> int:
+    from insight.sae.interop import export_run_sae
+
+    folder = export_run_sae(args.results, args.out, args.format)
+    print(f"wrote the SAE of {args.results} as {args.format} to {folder}")
+    return 0
+
+
 CONFIGFILE = {
     "action": "append",
     "default": [],
@@ -115,6 +124,15 @@ def parser() -> argparse.ArgumentParser:
     caption.add_argument("--configfile", **CONFIGFILE)
     caption.add_argument("--results", type=Path, default=Path("results"))
     caption.set_defaults(run=_caption)
+    export = commands.add_parser(
+        "export-sae", help="write the run's SAE as dictionary_learning (the release) or SAELens"
+    )
+    export.add_argument("out", type=Path, help="a new folder")
+    export.add_argument(
+        "--format", choices=("dictionary_learning", "saelens"), default="dictionary_learning"
+    )
+    export.add_argument("--results", type=Path, default=Path("results"))
+    export.set_defaults(run=_export_sae)
     return top
 
 
@@ -122,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"insight {args.command}: {message}", file=sys.stderr)
         return 2

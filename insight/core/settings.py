@@ -64,3 +64,29 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     if error is not None:
         raise ConfigError(config_error_message(error))
     return config
+
+
+CLIP_DINOISER_URL = "https://github.com/wysoczanska/clip_dinoiser"
+
+
+def published_head_missing(path: str | Path) -> str:
+    """The one-line message for a configured published DINOiser head not on disk."""
+    return (
+        f"dinoiser.checkpoint {path} does not exist: download CLIP-DINOiser's "
+        f"checkpoints/last.pt ({CLIP_DINOISER_URL}) to that path, or set "
+        "dinoiser.checkpoint: null to train the head here"
+    )
+
+
+def check_cross_keys(config: dict) -> None:
+    """Settings that are valid alone but not together, as a one-line :class:`ConfigError`."""
+    dinoiser = config["dinoiser"]
+    if dinoiser.get("checkpoint") and dinoiser.get("head") != "published":
+        raise ConfigError(
+            f"dinoiser.checkpoint {dinoiser['checkpoint']} is CLIP-DINOiser's published head: "
+            "set dinoiser.head: published, or dinoiser.checkpoint: null to train the paper's head"
+        )
+    if config["naming"].get("method") == "imported" and not config["sae"].get("checkpoint"):
+        raise ConfigError(
+            "naming.method: imported reads the names shipped with sae.checkpoint, which is not set"
+        )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from insight.core.io import load_safetensors, save_safetensors
-from insight.models.head_settings import CLIP_DINOISER_URL
+from insight.core.settings import CLIP_DINOISER_URL
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 

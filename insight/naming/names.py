@@ -46,7 +46,7 @@ NAME_SCHEMA = pa.schema(
 )
 
 
-NAMING_METHODS = ("hierarchy", "decoder", "release")
+NAMING_METHODS = ("hierarchy", "decoder", "release", "imported")
 
 
 def top_patch_weights(
@@ -229,10 +229,21 @@ def name_concepts(
     cfg: dict,
     cooccurrence_path: str | Path | None = None,
     threshold: float = 0.75,
+    imported_names_path: str | Path | None = None,
 ) -> pa.Table:
     """Sec. 3.4: concept vectors (Eq. 6, B.9 or the release's) named against the vocabulary
-    (B.12-B.13); ``threshold`` is the family threshold on D (``hierarchy.threshold``)."""
+    (B.12-B.13); ``threshold`` is the family threshold on D (``hierarchy.threshold``).
+    ``imported`` takes the names shipped with an imported SAE instead (no scores)."""
     sae = load_sae(sae_path)
+    groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()
+    frequency = pq.read_table(totals_path)["frequency"].to_numpy()
+    if cfg["method"] == "imported":
+        from insight.sae.interop import read_concept_names
+
+        if imported_names_path is None:
+            raise ValueError("naming.method: imported needs the SAE folder's concept_names.txt")
+        names = read_concept_names(Path(imported_names_path).parent, sae.config.d_sae)
+        return imported_names_table(names or [], groups, frequency)
     w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
     families = pq.read_table(families_path)
     method = cfg["method"]
@@ -245,14 +256,29 @@ def name_concepts(
         w_dec, b_dec, method, weights, families, cfg["alpha"], cooccurrence, threshold
     )
     terms = pq.read_table(embeddings_path, columns=["term"])["term"].to_pylist()
-    totals = pq.read_table(totals_path)
-    groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()
     return names_table(
-        vectors,
-        load_index(index_path),
-        terms,
-        cfg["method"],
-        groups,
-        totals["frequency"].to_numpy(),
-        cfg["runner_up"],
+        vectors, load_index(index_path), terms, cfg["method"], groups, frequency, cfg["runner_up"]
+    )
+
+
+def imported_names_table(
+    names: Sequence[str], groups: np.ndarray, frequency: np.ndarray
+) -> pa.Table:
+    """``names.parquet`` from shipped names (method ``imported``; no score or runner-ups;
+    concepts that never fired here have a null name, as for computed names)."""
+    if len(names) != len(groups):
+        raise ValueError(f"{len(names)} imported names for {len(groups)} concepts")
+    silent = frequency == 0
+    return pa.table(
+        {
+            "concept": np.arange(len(names), dtype=np.int32),
+            "name": [None if s or not n else n for n, s in zip(names, silent, strict=True)],
+            "score": np.full(len(names), np.nan, dtype=np.float32),
+            "method": ["imported"] * len(names),
+            "runner_up": [[] for _ in names],
+            "runner_up_scores": [[] for _ in names],
+            "group": groups.astype(np.int32),
+            "frequency": frequency.astype(np.int64),
+        },
+        schema=NAME_SCHEMA,
     )

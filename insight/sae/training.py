@@ -90,14 +90,11 @@ def train_sae_from_shards(
 
     last = trainer.fit(on_step)
     bar.close()
-    heldout = FeatureBatches(
-        paths, train.batch_size, "heldout", cfg["holdout_fraction"], seed=train.seed
-    )
     metrics = {
         "train_last_step": last,
         "steps": trainer.global_step,
         "train_rows_per_epoch": data.count_rows(),
-        "heldout": evaluate(trainer.sae, heldout.epoch(0, shuffle=False, drop_last=False), device),
+        "heldout": evaluate_heldout(trainer.sae, paths, cfg, device),
     }
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
@@ -315,6 +312,46 @@ class SAETrainer:
         )
         log.info("resumed from %s at step %d", self.checkpoint_path, self.global_step)
         return True
+
+
+def evaluate_heldout(
+    sae: MatryoshkaBatchTopKSAE,
+    feature_paths: Sequence[str | Path],
+    cfg: dict,
+    device: torch.device,
+) -> dict:
+    """:func:`evaluate` on the held-out images of the shards (``sae.holdout_fraction``)."""
+    heldout = FeatureBatches(
+        [str(p) for p in feature_paths],
+        cfg["batch_size"],
+        "heldout",
+        cfg["holdout_fraction"],
+        seed=cfg["seed"],
+    )
+    return evaluate(sae.to(device), heldout.epoch(0, shuffle=False, drop_last=False), device)
+
+
+def import_sae(
+    folder: str | Path, feature_paths: Sequence[str | Path], cfg: dict, device: torch.device
+) -> tuple[MatryoshkaBatchTopKSAE, dict]:
+    """A released dictionary_learning SAE in place of training, evaluated like a trained one
+    on the held-out images; the report records where it came from."""
+    from insight.sae.interop import read_dictionary_learning
+
+    sae, settings = read_dictionary_learning(folder)
+    d_in = pq.read_schema(str(feature_paths[0])).field("embedding").type.list_size
+    if d_in != sae.config.d_in:
+        raise ValueError(
+            f"sae.checkpoint {folder} reads {sae.config.d_in}-d features, the shards hold {d_in}-d"
+        )
+    heldout = evaluate_heldout(sae, feature_paths, cfg, device)
+    sae.cpu()
+    report = {
+        "config": sae.config.to_dict(),
+        "source": {"format": "dictionary_learning", "path": str(folder), **settings},
+        "metrics": {"heldout": heldout},
+    }
+    return sae, report
 
 
 @torch.no_grad()

@@ -495,3 +495,42 @@ def test_demo_captioning_table_and_steering(demo_run):
     )
     assert steered.returncode == 0, steered.stderr
     assert "caption:" in steered.stdout and "steered caption:" in steered.stdout
+
+
+@pytest.mark.slow
+def test_a_released_sae_replaces_training_and_gives_the_same_concepts(demo_run, tmp_path):
+    """The demo's SAE, exported in the release's dictionary_learning layout and configured
+    as sae.checkpoint, runs the workflow from import_sae on with no train_sae job; its
+    concepts equal the trained run's, and its names arrive with method 'imported'."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from insight.sae.interop import export_run_sae
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_run, work, symlinks=True, ignore=shutil.ignore_patterns(".snakemake"))
+    export_run_sae(work / "results", work / "released", "dictionary_learning")
+    override = tmp_path / "released.yaml"
+    override.write_text(
+        yaml.safe_dump({"sae": {"checkpoint": "released"}, "naming": {"method": "imported"}})
+    )
+    target = "results/naming/names.parquet"
+    plan = planned_jobs(snakemake(work, target, *DEMO, str(override), "-n").stdout)
+    assert plan["import_sae"] == 1 and plan["encode_concepts"] == 4
+    assert "train_sae" not in plan and "extract_features" not in plan
+    snakemake(work, target, *DEMO, str(override))
+    for shard in sorted((demo_run / "results/concepts/demo").glob("shard-*.parquet")):
+        imported = pq.read_table(work / "results/concepts/demo" / shard.name)
+        assert imported.equals(pq.read_table(shard)), shard.name
+    names = pq.read_table(work / target).to_pydict()
+    trained = pq.read_table(demo_run / target).to_pydict()
+    assert set(names["method"]) == {"imported"}
+    assert names["name"] == trained["name"]
+    report = json.loads((work / "results/models/sae.json").read_text())
+    assert report["source"]["format"] == "dictionary_learning"
+    assert report["metrics"]["heldout"]["l0_threshold"] == pytest.approx(
+        json.loads((demo_run / "results/models/sae.json").read_text())["metrics"]["heldout"][
+            "l0_threshold"
+        ]
+    )

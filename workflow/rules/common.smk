@@ -6,15 +6,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
 
 from insight.core.provenance import script_digest
-from insight.core.settings import ConfigError, validate_config
-from insight.models.head_settings import check_dinoiser_settings, published_head_missing
+from insight.core.settings import (
+    ConfigError,
+    check_cross_keys,
+    published_head_missing,
+    validate_config,
+)
 
 try:
     validate_config(
         config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
     )
-    check_dinoiser_settings(config["dinoiser"])
-except (ConfigError, ValueError) as err:
+    check_cross_keys(config)
+except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 DEMO_IMAGES = "results/demo/images"
@@ -235,6 +239,13 @@ def rejected_tables(dataset):
         dataset=dataset,
         shard=range(shard_count(dataset)),
     )
+
+
+def imported_names(wildcards=None):
+    """The names file shipped with the imported SAE, when naming.method is imported."""
+    if config["naming"]["method"] != "imported":
+        return []
+    return [str(Path(config["sae"]["checkpoint"]) / "concept_names.txt")]
 
 
 def dinoiser_weights(wildcards=None):

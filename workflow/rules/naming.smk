@@ -48,6 +48,7 @@ rule name_concepts:
         families="results/hierarchy/families.parquet",
         cooccurrence="results/hierarchy/cooccurrence.parquet",
         totals="results/hierarchy/totals.parquet",
+        imported=imported_names,
         concepts=lambda wc: concept_shards(hierarchy_dataset()),
         embeddings="results/vocabulary/embeddings.parquet",
         index="results/vocabulary/index.faiss",

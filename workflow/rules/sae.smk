@@ -1,26 +1,53 @@
-rule train_sae:
-    """Matryoshka BatchTopK SAE on the training dataset's patch features (App. B.2)."""
-    input:
-        features=lambda wc: feature_shards(config["train_dataset"]),
-    output:
-        weights="results/models/sae.safetensors",
-        metrics="results/models/sae.json",
-    log:
-        "logs/train_sae.log",
-    conda:
-        ENV
-    threads: 2
-    resources:
-        gpu=config["resources"]["gpus"],
-        mem_mb=config["resources"]["mem_mb_train_sae"],
-        runtime=24 * 60,
-    params:
-        sae=config["sae"],
-        device=config["device"],
-        checkpoints="results/models/checkpoints",
-        code=script_version("train_sae"),
-    script:
-        "../scripts/train_sae.py"
+if not config["sae"]["checkpoint"]:
+
+    rule train_sae:
+        """Matryoshka BatchTopK SAE on the training dataset's patch features (App. B.2)."""
+        input:
+            features=lambda wc: feature_shards(config["train_dataset"]),
+        output:
+            weights="results/models/sae.safetensors",
+            metrics="results/models/sae.json",
+        log:
+            "logs/train_sae.log",
+        conda:
+            ENV
+        threads: 2
+        resources:
+            gpu=config["resources"]["gpus"],
+            mem_mb=config["resources"]["mem_mb_train_sae"],
+            runtime=24 * 60,
+        params:
+            sae=config["sae"],
+            device=config["device"],
+            checkpoints="results/models/checkpoints",
+            code=script_version("train_sae"),
+        script:
+            "../scripts/train_sae.py"
+
+else:
+
+    rule import_sae:
+        """A released dictionary_learning SAE in place of training, evaluated on held-out images."""
+        input:
+            folder=config["sae"]["checkpoint"],
+            features=lambda wc: feature_shards(config["train_dataset"]),
+        output:
+            weights="results/models/sae.safetensors",
+            metrics="results/models/sae.json",
+        log:
+            "logs/import_sae.log",
+        conda:
+            ENV
+        threads: 2
+        resources:
+            gpu=config["resources"]["gpus"],
+            runtime=60,
+        params:
+            sae=config["sae"],
+            device=config["device"],
+            code=script_version("import_sae"),
+        script:
+            "../scripts/import_sae.py"
 
 
 rule encode_concepts:

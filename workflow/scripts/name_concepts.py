@@ -18,6 +18,7 @@ table = name_concepts(
     snakemake.params.naming,
     snakemake.input.cooccurrence,
     snakemake.params.threshold,
+    snakemake.input.imported[0] if snakemake.input.imported else None,
 )
 write_parquet(table, snakemake.output[0])
 named = table.filter(table["name"].is_valid())

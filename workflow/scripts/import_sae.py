@@ -1,0 +1,21 @@
+"""Rule import_sae: a dictionary_learning SAE folder as our weights and sae.json."""
+
+import torch
+
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.core.runtime import resolve_device
+from insight.sae.model import save_sae
+from insight.sae.training import import_sae
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+sae, report = import_sae(
+    snakemake.input.folder,
+    snakemake.input.features,
+    snakemake.params.sae,
+    resolve_device(snakemake.params.device),
+)
+save_sae(sae, snakemake.output.weights)
+write_json(report, snakemake.output.metrics)
+log.info("imported %s; held-out metrics: %s", snakemake.input.folder, report["metrics"]["heldout"])
