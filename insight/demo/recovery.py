@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -48,21 +49,61 @@ def world_recovery(
     bar.close()
     part, obj = world.concept_labels(stats)
     names = pq.read_table(names_path, columns=["concept", "name", "frequency"])
-    frequent = sorted(
-        (r for r in names.to_pylist() if r["frequency"] > 0),
-        key=lambda r: (-r["frequency"], r["concept"]),
-    )[:top_concepts]
-    world_named = [world.is_world_name(r["name"]) for r in frequent]
+    naming = world_named_share(names, top_concepts)
+    naming["concepts"] = [
+        {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in naming["concepts"]
+    ]
     edges = sorted(load_families(families_path).edges)
     return {
         "images": len(pairs),
-        "naming": {
-            "top_concepts": len(frequent),
-            "world_named": sum(world_named),
-            "world_named_fraction": float(np.mean(world_named)) if world_named else 0.0,
-            "concepts": [
-                {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in frequent
-            ],
-        },
+        "naming": naming,
         "families": world.family_recovery(edges, part, obj, concept_names(names)),
     }
+
+
+def world_named_share(names: pa.Table, top_concepts: int = 20) -> dict:
+    """The ``top_concepts`` most frequent concepts of a ``names.parquet`` table and how many
+    carry a world word (an object, part, ground or colour of the demo world)."""
+    from insight.demo import world
+
+    frequent = sorted(
+        (
+            r
+            for r in names.select(["concept", "name", "frequency"]).to_pylist()
+            if r["frequency"] > 0
+        ),
+        key=lambda r: (-r["frequency"], r["concept"]),
+    )[:top_concepts]
+    world_named = [world.is_world_name(r["name"]) for r in frequent]
+    return {
+        "top_concepts": len(frequent),
+        "world_named": sum(world_named),
+        "world_named_fraction": float(np.mean(world_named)) if world_named else 0.0,
+        "concepts": frequent,
+    }
+
+
+def compare_naming_methods(
+    name_inputs: dict, cfg: dict, threshold: float, top_concepts: int = 20
+) -> dict:
+    """The world-named share of the most frequent concepts under each naming method
+    (Eq. 6 ``decoder``, B.9 ``hierarchy``, the release's vector), on the same run."""
+    from insight.naming.names import name_concepts
+
+    result = {}
+    for method in ("decoder", "hierarchy", "release"):
+        table = name_concepts(
+            name_inputs["sae"],
+            name_inputs["families"],
+            name_inputs["totals"],
+            name_inputs["concepts"],
+            name_inputs["embeddings"],
+            name_inputs["index"],
+            {**cfg, "method": method},
+            name_inputs["cooccurrence"],
+            threshold,
+        )
+        share = world_named_share(table, top_concepts)
+        share["names"] = [r["name"] for r in share.pop("concepts")]
+        result[method] = share
+    return result

@@ -72,7 +72,8 @@ def encode_shard(
             patch_ids = table["patch"].to_numpy()
             pieces = []
             for start in range(0, len(features), chunk_rows):
-                x = torch.from_numpy(features[start : start + chunk_rows]).to(device)
+                chunk = np.require(features[start : start + chunk_rows], requirements="W")
+                x = torch.from_numpy(chunk).to(device)
                 rows, concepts, values = sparse_codes(sae, x)
                 rows = rows + start
                 pieces.append(

@@ -64,7 +64,7 @@ def read_dictionary_learning(folder: str | Path) -> tuple[MatryoshkaBatchTopKSAE
     with torch.no_grad():
         for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, key).copy_(state[key].float())
-        sae.threshold.copy_(state["threshold"].float().reshape(()))
+        sae.set_threshold(state["threshold"].float().reshape(()))
     return sae.eval().requires_grad_(False), settings
 
 
@@ -81,6 +81,11 @@ def read_concept_names(folder: str | Path, d_sae: int) -> list[str] | None:
 
 def dictionary_learning_state(sae: MatryoshkaBatchTopKSAE) -> dict[str, torch.Tensor]:
     """``ae.pt``'s state dict for ``sae`` (the tensors dictionary_learning registers)."""
+    if sae.threshold.numel() != 1:
+        raise ValueError(
+            "dictionary_learning holds one global threshold and this SAE has one per concept "
+            "(sae.inference_threshold: per_concept): export it as saelens"
+        )
     return {
         "W_enc": sae.W_enc.detach().cpu().clone(),
         "b_enc": sae.b_enc.detach().cpu().clone(),
@@ -134,7 +139,7 @@ def write_saelens(
                 "b_enc": sae.b_enc.detach(),
                 "W_dec": sae.W_dec.detach(),
                 "b_dec": sae.b_dec.detach(),
-                "threshold": sae.threshold.detach().clamp(min=0).expand(config.d_sae).clone(),
+                "threshold": sae.threshold.detach().clamp(min=0).expand(config.d_sae).contiguous(),
             },
             tmp / "sae_weights.safetensors",
         )
@@ -175,7 +180,8 @@ def export_sae(
 def export_run_sae(results: str | Path, out: str | Path, fmt: str) -> Path:
     """A run's SAE (``results/models/sae.safetensors``, with ``results/naming/names.parquet``
     when it exists) written to the new folder ``out`` in ``fmt``."""
-    from insight.naming.names import concept_names
+    import pyarrow.parquet as pq
+
     from insight.sae.model import load_sae
 
     results, out = Path(results), Path(out)
@@ -188,7 +194,8 @@ def export_run_sae(results: str | Path, out: str | Path, fmt: str) -> Path:
     names_path = results / "naming/names.parquet"
     names = None
     if names_path.is_file():
-        by_concept = concept_names(names_path)
+        table = pq.read_table(names_path, columns=["concept", "name"]).to_pydict()
+        by_concept = dict(zip(table["concept"], table["name"], strict=True))
         names = [by_concept.get(i) for i in range(sae.config.d_sae)]
     export_sae(sae, out, fmt, names if fmt == "dictionary_learning" else None)
     return out

@@ -13,9 +13,10 @@ Choices where the paper leaves room (each tested in tests/sae/test_sae.py):
 - Aux-k (Eq. B.6): the ``k_aux`` largest pre-activations of *dead* latents per sample
   reconstruct the detached residual; normalised by the residual's variance
   ``sum ||r - r_mean||^2``; weight alpha_aux = 1/32.
-- Inference: a single global threshold theta, an exponential moving average of the
-  smallest activation BatchTopK kept in each training batch (Bussmann et al.; the
-  ``dictionary_learning`` implementation); a latent fires when ``z_pre > theta``.
+- Inference: a threshold theta, one global value or one per latent (see
+  :mod:`insight.sae.thresholds` for how it is set after training); a latent fires when
+  ``z_pre > theta``. Training keeps the EMA of the smallest activation BatchTopK kept in
+  each batch (Bussmann et al.; the ``dictionary_learning`` implementation).
 
 Training never decodes densely: the kept pre-activations are recomputed sparsely with
 gradients (only B*k of the B*m entries can receive gradient), and the Matryoshka
@@ -63,6 +64,7 @@ class SAEConfig:
     aux_coefficient: float = 1 / 32
     dead_after: int = 10_000_000
     threshold_momentum: float = 0.01
+    aux_activation: str = "relu"  # or "linear": see _aux_loss
 
     def __post_init__(self) -> None:
         if sum(self.group_sizes) != self.d_sae:
@@ -182,12 +184,21 @@ class MatryoshkaBatchTopKSAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Batch-independent codes (B, m): ``z = z_pre * 1[z_pre > theta]`` (theta >= 0)."""
-        if float(self.threshold) < 0:
+        if self.threshold.numel() == 1 and float(self.threshold) < 0:
             raise RuntimeError(
                 "the inference threshold has not been estimated (train the SAE first)"
             )
         pre = self.pre_activations(x)
         return pre * (pre > self.threshold.clamp(min=0))
+
+    def set_threshold(self, threshold: torch.Tensor) -> None:
+        """Use ``threshold`` (a scalar, or one value per latent) for :meth:`encode`."""
+        threshold = threshold.detach().float().to(self.W_enc.device)
+        if threshold.numel() not in (1, self.config.d_sae):
+            raise ValueError(
+                f"a threshold has 1 or {self.config.d_sae} values, not {threshold.numel()}"
+            )
+        self.threshold = threshold.reshape(()) if threshold.numel() == 1 else threshold.clone()
 
     def decode(self, codes: torch.Tensor, prefix: int | None = None) -> torch.Tensor:
         """``x_hat = codes @ W_dec + b_dec``, optionally from the first ``prefix`` latents."""
@@ -242,7 +253,12 @@ class MatryoshkaBatchTopKSAE(nn.Module):
     def _aux_loss(
         self, centred: torch.Tensor, pre: torch.Tensor, residual: torch.Tensor
     ) -> torch.Tensor:
-        """Eq. B.6 on the latents dead for more than ``dead_after`` samples."""
+        """Eq. B.6 on the latents dead for more than ``dead_after`` samples.
+
+        ``aux_activation="relu"`` (Gao et al., dictionary_learning): the dead latents' top
+        pre-activations pass a ReLU, so a dead latent whose pre-activation is negative on
+        every patch gets no gradient and stays dead. ``"linear"`` keeps the top
+        pre-activations as they are, so the aux-k loss also pulls those latents back."""
         dead = self.samples_since_fired > self.config.dead_after
         n_dead = int(dead.sum())
         if n_dead == 0:
@@ -251,7 +267,9 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         with torch.no_grad():
             masked = pre.masked_fill(~dead, float("-inf"))
             top_vals, top_cols = masked.topk(k_aux, dim=1)
-            keep = top_vals > 0
+            keep = (
+                top_vals > 0 if self.config.aux_activation == "relu" else torch.isfinite(top_vals)
+            )
             rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(top_cols)[keep]
             cols = top_cols[keep]
         acts = _KeptPreActivations.apply(
@@ -322,6 +340,7 @@ def load_sae(path: str | Path) -> MatryoshkaBatchTopKSAE:
     raw = json.loads(metadata["config"])
     raw["group_sizes"] = tuple(raw["group_sizes"])
     sae = MatryoshkaBatchTopKSAE(SAEConfig(**raw))
+    sae.set_threshold(tensors["threshold"])
     sae.load_state_dict({**tensors, "samples_since_fired": sae.samples_since_fired}, strict=True)
     return sae.eval().requires_grad_(False)
 

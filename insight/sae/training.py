@@ -90,11 +90,15 @@ def train_sae_from_shards(
 
     last = trainer.fit(on_step)
     bar.close()
+    thresholds = set_inference_threshold(trainer.sae, data, cfg, device)
     metrics = {
         "train_last_step": last,
         "steps": trainer.global_step,
         "train_rows_per_epoch": data.count_rows(),
         "heldout": evaluate_heldout(trainer.sae, paths, cfg, device),
+        "heldout_l0_by_threshold": heldout_l0_by_threshold(
+            trainer.sae, thresholds, paths, cfg, device
+        ),
     }
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
@@ -314,6 +318,46 @@ class SAETrainer:
         return True
 
 
+def set_inference_threshold(
+    sae: MatryoshkaBatchTopKSAE, data: FeatureBatches, cfg: dict, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Every reading of the inference threshold for the trained ``sae``, calibrated on up to
+    ``threshold_calibration_rows`` training rows; the configured one is set on ``sae``."""
+    from insight.sae.thresholds import THRESHOLD_MODES, calibrated_threshold
+
+    batches, rows = [], 0
+    for x in data.epoch(0, shuffle=False, drop_last=False):
+        batches.append(x.to(device))
+        rows += x.shape[0]
+        if rows >= cfg["threshold_calibration_rows"]:
+            break
+    sae.eval()
+    thresholds = {mode: calibrated_threshold(sae, batches, mode) for mode in THRESHOLD_MODES}
+    sae.set_threshold(thresholds[cfg["inference_threshold"]])
+    return thresholds
+
+
+def heldout_l0_by_threshold(
+    sae: MatryoshkaBatchTopKSAE,
+    thresholds: dict[str, torch.Tensor],
+    feature_paths: Sequence[str | Path],
+    cfg: dict,
+    device: torch.device,
+) -> dict[str, float]:
+    """Held-out L0 under each reading of the threshold (BatchTopK's is ``l0_batch_topk``)."""
+    from insight.sae.thresholds import heldout_l0
+
+    heldout = FeatureBatches(
+        [str(p) for p in feature_paths],
+        cfg["batch_size"],
+        "heldout",
+        cfg["holdout_fraction"],
+        seed=cfg["seed"],
+    )
+    batches = [x.to(device) for x in heldout.epoch(0, shuffle=False, drop_last=False)]
+    return {mode: heldout_l0(sae, batches, value) for mode, value in thresholds.items()}
+
+
 def evaluate_heldout(
     sae: MatryoshkaBatchTopKSAE,
     feature_paths: Sequence[str | Path],
@@ -393,5 +437,5 @@ def evaluate(
         "l0_batch_topk": l0_topk / n,
         "dead_latents": sae.dead_latents(),
         "never_fired_heldout": int((~fired).sum()),
-        "threshold": float(sae.threshold),
+        "threshold": float(sae.threshold) if sae.threshold.numel() == 1 else "per_concept",
     }

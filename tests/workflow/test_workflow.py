@@ -60,6 +60,7 @@ DOWNSTREAM_OF_FEATURES = {
     "captioning_table": 1,
     "browser": 1,
     "world_recovery": 1,
+    "naming_methods": 1,
     "all": 1,
 }
 

@@ -282,6 +282,7 @@ def all_targets():
         targets.append("results/browser")
     if demo_world():
         targets.append("results/demo/world_recovery.json")
+        targets.append("results/demo/naming_methods.json")
     return targets
 
 

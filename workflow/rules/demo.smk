@@ -119,3 +119,28 @@ rule world_recovery:
         code=script_version("world_recovery"),
     script:
         "../scripts/world_recovery.py"
+
+
+rule naming_methods:
+    """The demo's concepts named by Eq. 6, B.9 and the release's vector, side by side."""
+    input:
+        sae="results/models/sae.safetensors",
+        families="results/hierarchy/families.parquet",
+        cooccurrence="results/hierarchy/cooccurrence.parquet",
+        totals="results/hierarchy/totals.parquet",
+        concepts=lambda wc: concept_shards(hierarchy_dataset()),
+        embeddings="results/vocabulary/embeddings.parquet",
+        index="results/vocabulary/index.faiss",
+    output:
+        "results/demo/naming_methods.json",
+    log:
+        "logs/naming_methods.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        naming=config["naming"],
+        threshold=config["hierarchy"]["threshold"],
+        code=script_version("naming_methods"),
+    script:
+        "../scripts/naming_methods.py"

@@ -1,0 +1,16 @@
+"""Rule naming_methods: the world-named share of the demo's top concepts per naming method."""
+
+import torch
+
+from insight.core.io import write_json
+from insight.core.logs import setup_logging
+from insight.demo.recovery import compare_naming_methods
+
+log = setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+result = compare_naming_methods(
+    dict(snakemake.input.items()), snakemake.params.naming, snakemake.params.threshold
+)
+for method, share in result.items():
+    log.info("%s: %d of %d world-named", method, share["world_named"], share["top_concepts"])
+write_json(result, snakemake.output[0])
