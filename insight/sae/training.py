@@ -45,6 +45,7 @@ def sae_config(cfg: dict, d_in: int) -> SAEConfig:
         aux_coefficient=cfg["aux_coefficient"],
         dead_after=cfg["dead_after"],
         threshold_momentum=cfg["threshold_momentum"],
+        aux_activation=cfg["aux_activation"],
     )
 
 

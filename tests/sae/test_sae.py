@@ -190,3 +190,22 @@ def test_save_load_roundtrip(tmp_path):
     with safe_open(str(tmp_path / "sae.safetensors"), "pt") as handle:
         assert handle.get_tensor("W_enc").shape == (16, 64)
         assert handle.get_tensor("W_dec").shape == (64, 16)
+
+
+def test_linear_aux_k_gives_dead_latents_with_negative_pre_activations_a_gradient():
+    """A dead latent whose pre-activation is negative on every patch: the ReLU reading of
+    aux-k leaves it without gradient, the linear one pulls its encoder toward the residual."""
+    import dataclasses
+
+    config = SAEConfig(d_in=8, d_sae=16, k=2, group_sizes=(4, 12), dead_after=0, k_aux=4)
+    x = torch.randn(32, 8)
+    grads = {}
+    for activation in ("relu", "linear"):
+        sae = MatryoshkaBatchTopKSAE(dataclasses.replace(config, aux_activation=activation))
+        with torch.no_grad():
+            sae.b_enc.fill_(-100.0)  # every latent negative on every patch,
+            sae.b_enc[5] = -5.0  # latent 5 the least negative: among each patch's top k_aux
+            sae.samples_since_fired.fill_(1)  # every latent counts as dead
+        sae.training_losses(x)["aux"].backward()
+        grads[activation] = sae.b_enc.grad[5].abs().item()
+    assert grads["relu"] == 0 and grads["linear"] > 0

@@ -17,11 +17,13 @@ def test_sae_config_takes_groups_or_derives_them_from_ratios():
         "aux_coefficient": 0.03,
         "dead_after": 10,
         "threshold_momentum": 0.99,
+        "aux_activation": "linear",
         "group_ratios": [0.25, 0.75],
     }
     assert sae_config(section, 16).group_sizes == matryoshka_group_sizes(64, (0.25, 0.75))
     given = sae_config({**section, "groups": [16, 48]}, 16)
     assert given.group_sizes == (16, 48) and given.d_in == 16
+    assert given.aux_activation == "linear"
 
 
 def test_train_sae_from_shards_reports_and_leaves_no_checkpoint(tiny_run):
@@ -30,6 +32,10 @@ def test_train_sae_from_shards_reports_and_leaves_no_checkpoint(tiny_run):
     assert report["metrics"]["steps"] >= 1
     assert 0 < report["metrics"]["heldout"]["l0_batch_topk"] <= 32
     assert not list((tiny_run.results / "checkpoints").glob("sae-*.pt"))
+    by_threshold = report["metrics"]["heldout_l0_by_threshold"]
+    assert set(by_threshold) == {"global", "per_concept", "ema"}
+    # the configured reading is the one the saved SAE encodes with
+    assert report["metrics"]["heldout"]["l0_threshold"] == pytest.approx(by_threshold["global"])
 
 
 def test_encode_concept_shard_writes_the_thresholded_codes(tiny_run):
