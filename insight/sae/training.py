@@ -348,6 +348,12 @@ def heldout_l0_by_threshold(
     """Held-out L0 under each reading of the threshold (BatchTopK's is ``l0_batch_topk``)."""
     from insight.sae.thresholds import heldout_l0
 
+    batches = [x.to(device) for x in heldout_batches(feature_paths, cfg)]
+    return {mode: heldout_l0(sae, batches, value) for mode, value in thresholds.items()}
+
+
+def heldout_batches(feature_paths: Sequence[str | Path], cfg: dict) -> Iterator[torch.Tensor]:
+    """One pass over the held-out images of the shards (``sae.holdout_fraction``)."""
     heldout = FeatureBatches(
         [str(p) for p in feature_paths],
         cfg["batch_size"],
@@ -355,8 +361,7 @@ def heldout_l0_by_threshold(
         cfg["holdout_fraction"],
         seed=cfg["seed"],
     )
-    batches = [x.to(device) for x in heldout.epoch(0, shuffle=False, drop_last=False)]
-    return {mode: heldout_l0(sae, batches, value) for mode, value in thresholds.items()}
+    return heldout.epoch(0, shuffle=False, drop_last=False)
 
 
 def evaluate_heldout(
@@ -366,14 +371,7 @@ def evaluate_heldout(
     device: torch.device,
 ) -> dict:
     """:func:`evaluate` on the held-out images of the shards (``sae.holdout_fraction``)."""
-    heldout = FeatureBatches(
-        [str(p) for p in feature_paths],
-        cfg["batch_size"],
-        "heldout",
-        cfg["holdout_fraction"],
-        seed=cfg["seed"],
-    )
-    return evaluate(sae.to(device), heldout.epoch(0, shuffle=False, drop_last=False), device)
+    return evaluate(sae.to(device), heldout_batches(feature_paths, cfg), device)
 
 
 def import_sae(

@@ -39,6 +39,12 @@ def separable_data(n=800, m=60, classes=4, seed=0):
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
+def split_and_train(data, cut, **settings):
+    """A 4-class probe trained on the first ``cut`` rows, validated on the rest."""
+    x, y = data
+    return train_probe(x[:cut], y[:cut], x[cut:], y[cut:], 4, batch_size=64, **settings)
+
+
 def test_every_lambda_of_the_paper_grid_leaves_a_useful_sparse_probe():
     """Mean-scaled L1 (DN-CBM's scale): every lambda in {0.1, 1, 2, 4, 8} keeps a probe
     well above chance with non-zero weights, and the non-zero weights fall as lambda grows."""
@@ -57,36 +63,12 @@ def test_every_lambda_of_the_paper_grid_leaves_a_useful_sparse_probe():
 def test_the_printed_sum_scale_empties_the_probe_from_lambda_one():
     """Eq. B.16 read literally (lambda * ||W||_1) zeroes every weight for lambda >= 1: the
     reason the mean scale is the default."""
-    x, y = separable_data()
-    probe = train_probe(
-        x[:600],
-        y[:600],
-        x[600:],
-        y[600:],
-        4,
-        lr=1e-3,
-        batch_size=64,
-        l1=1.0,
-        epochs=5,
-        l1_scale="sum",
-    )
+    probe = split_and_train(separable_data(), 600, lr=1e-3, l1=1.0, epochs=5, l1_scale="sum")
     assert probe.nonzero_per_class() == 0.0
 
 
 def test_a_probe_without_bias_keeps_its_bias_at_zero():
-    x, y = separable_data(n=300)
-    probe = train_probe(
-        x[:200],
-        y[:200],
-        x[200:],
-        y[200:],
-        4,
-        lr=1e-2,
-        batch_size=64,
-        l1=0.0,
-        epochs=3,
-        use_bias=False,
-    )
+    probe = split_and_train(separable_data(n=300), 200, lr=1e-2, l1=0.0, epochs=3, use_bias=False)
     assert probe.bias.abs().sum() == 0 and probe.settings["bias"] is False
 
 
