@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from insight.core.runtime import effective_precision
 from insight.data.batches import BatchTransform
 from insight.models.backbone import (
     BackboneSpec,
@@ -55,7 +56,8 @@ def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:
     """Load CLIP and the DINOiser once; the visual weights are cast to ``frozen.precision``."""
     model, preprocess, tokenizer = load_clip(frozen.backbone, device)
     dinoiser = load_dinoiser(frozen.dinoiser_path).to(device) if frozen.dinoiser_path else None
-    encoder = DenseEncoder(model.visual, dinoiser, frozen.gamma, frozen.precision)
+    precision = effective_precision(frozen.precision, torch.device(device))
+    encoder = DenseEncoder(model.visual, dinoiser, frozen.gamma, precision)
     return FrozenModels(model, tokenizer, encoder.to(device).eval(), BatchTransform(preprocess))
 
 
