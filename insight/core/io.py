@@ -69,9 +69,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def with_provenance(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the current job's provenance added to its metadata (package
+    version, the rule's code version, a hash of its settings; nothing outside a job)."""
+    from insight.core.provenance import job_provenance
+
+    provenance = job_provenance()
+    if not provenance:
+        return schema
+    return schema.with_metadata(
+        {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in provenance.items()}}
+    )
+
+
 def write_parquet(table: pa.Table, path: str | os.PathLike[str], **kwargs: Any) -> None:
-    """Write ``table`` to ``path`` atomically (zstd-compressed unless told otherwise)."""
+    """Write ``table`` to ``path`` atomically (zstd-compressed unless told otherwise), with
+    the job's provenance in its schema metadata."""
     kwargs.setdefault("compression", "zstd")
+    table = table.replace_schema_metadata(with_provenance(table.schema).metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 from functools import cache
 from pathlib import Path
 
@@ -145,3 +146,46 @@ def import_cycles() -> list[list[str]]:
         if module not in state:
             visit(module, [module])
     return cycles
+
+
+# ----- the provenance a job stamps on its Parquet outputs --------------------------------
+
+_JOB_PROVENANCE: dict[str, str] = {}
+
+
+def settings_hash(settings: object) -> str:
+    """A short, stable hash of a job's settings (its params, as JSON with sorted keys)."""
+    import json
+
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def set_job_provenance(code_version: str | None, settings: object) -> None:
+    """Record what every Parquet file this job writes carries in its schema metadata:
+    the package version, the rule's code version and a hash of its settings."""
+    from insight import __version__
+
+    _JOB_PROVENANCE.clear()
+    _JOB_PROVENANCE.update(
+        {
+            "insight.version": __version__,
+            "insight.code_version": code_version or "",
+            "insight.settings_hash": settings_hash(settings),
+        }
+    )
+
+
+def job_provenance() -> dict[str, str]:
+    """The current job's provenance keys (empty outside a workflow job)."""
+    return dict(_JOB_PROVENANCE)
+
+
+def start_job(job) -> logging.Logger:
+    """Set up a rule script: its log file (:func:`insight.core.logs.setup_logging`) and the
+    provenance of its outputs, from the ``snakemake`` object the script is given."""
+    from insight.core.logs import setup_logging
+
+    params = dict(job.params.items())
+    set_job_provenance(params.pop("code", None), params)
+    return setup_logging(job.log[0] if job.log else None)

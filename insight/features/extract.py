@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from insight.core.io import atomic_path, write_parquet
+from insight.core.io import atomic_path, with_provenance, write_parquet
 from insight.core.logs import progress
 from insight.data.batches import BatchTransform, decoded_batches
 from insight.data.images import (
@@ -74,7 +74,7 @@ def extract_shard(
     pending_images = 0
     with (
         atomic_path(out_path) as tmp,
-        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+        pq.ParquetWriter(tmp, with_provenance(schema), compression="zstd") as writer,
         ThreadPoolExecutor(1) as background,
     ):
         # row groups are written in a background thread (pyarrow releases the GIL), so

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from insight.core.io import atomic_path
+from insight.core.io import atomic_path, with_provenance
 from insight.features.shards import embeddings_of
 from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
 
@@ -60,7 +60,10 @@ def encode_shard(
     schema = concept_schema(grid, sae.config.d_sae)
     sae = sae.to(device).eval()
     patches = activations = 0
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with (
+        atomic_path(out_path) as tmp,
+        pq.ParquetWriter(tmp, with_provenance(schema), compression="zstd") as writer,
+    ):
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=["image_id", "patch", "embedding"])
             features = embeddings_of(table)

@@ -29,6 +29,8 @@ def test_closure_follows_imports_transitively():
         "insight",
         "insight.core",
         "insight.core.io",
+        "insight.core.logs",  # io stamps the job's provenance, set up with the job's log
+        "insight.core.provenance",
     ]
 
 
@@ -86,3 +88,30 @@ def test_editing_a_module_changes_exactly_its_dependants(tmp_path):
     changed = {s for s in scripts if after[s] != before[s]}
     # extraction and the browser decode images; the SAE and the demo's drawing do not
     assert changed == {"extract_features", "index_images", "browser"}
+
+
+def test_parquet_outputs_carry_the_jobs_provenance(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from insight import __version__
+    from insight.core import provenance
+    from insight.core.io import write_parquet
+
+    class Job:  # the parts of the ``snakemake`` object a rule script is given
+        params = {"code": "abc123", "gamma": 0.2, "sae": {"k": 12}}
+        log = [str(tmp_path / "job.log")]
+
+    try:
+        provenance.start_job(Job)
+        write_parquet(pa.table({"x": [1]}), tmp_path / "out.parquet")
+    finally:
+        provenance._JOB_PROVENANCE.clear()
+    metadata = pq.read_schema(tmp_path / "out.parquet").metadata
+    assert metadata[b"insight.version"] == __version__.encode()
+    assert metadata[b"insight.code_version"] == b"abc123"
+    expected = provenance.settings_hash({"gamma": 0.2, "sae": {"k": 12}})
+    assert metadata[b"insight.settings_hash"] == expected.encode()
+    assert expected != provenance.settings_hash({"gamma": 0.3, "sae": {"k": 12}})
+    write_parquet(pa.table({"x": [1]}), tmp_path / "plain.parquet")  # outside a job: nothing
+    assert b"insight.version" not in (pq.read_schema(tmp_path / "plain.parquet").metadata or {})

@@ -535,3 +535,18 @@ def test_a_released_sae_replaces_training_and_gives_the_same_concepts(demo_run, 
             "l0_threshold"
         ]
     )
+
+
+@pytest.mark.slow
+def test_every_parquet_output_records_its_provenance(demo_run):
+    import pyarrow.parquet as pq
+
+    from insight import __version__
+
+    files = sorted((demo_run / "results").rglob("*.parquet"))
+    assert len(files) > 20
+    for path in files:
+        metadata = pq.read_schema(path).metadata or {}
+        assert metadata.get(b"insight.version") == __version__.encode(), path
+        assert len(metadata.get(b"insight.code_version", b"")) >= 8, path
+        assert len(metadata.get(b"insight.settings_hash", b"")) == 16, path

@@ -1,10 +1,10 @@
 """Rule browser: the static concept browser (results/browser/index.html)."""
 
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.models.backbone import backbone_spec
 from insight.views.browser import build_browser
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 counts = build_browser(
     snakemake.input.names,
     snakemake.input.families,

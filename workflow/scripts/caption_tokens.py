@@ -3,13 +3,13 @@
 import torch
 
 from insight.core.io import save_safetensors, write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.models.frozen import frozen_spec, load_frozen
 from insight.sae.model import load_sae
 from insight.tasks.captioning import caption_tokens
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.cfg
 frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)

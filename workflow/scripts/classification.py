@@ -6,7 +6,7 @@ import pyarrow as pa
 import torch
 
 from insight.core.io import write_json, write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.data.benchmarks import imagefolder
 from insight.data.images import DatasetLayoutError
@@ -18,7 +18,7 @@ from insight.tasks.classification import (
     classification_vectors,
 )
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 name, cfg = snakemake.wildcards.cdataset, snakemake.params.cfg
 frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)

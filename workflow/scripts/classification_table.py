@@ -3,9 +3,9 @@
 import csv
 
 from insight.core.io import atomic_path, read_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 columns = ["method", "dataset", "top1", "top5", "nonzero_per_class", "status"]
 with atomic_path(snakemake.output[0]) as tmp, open(tmp, "w", newline="") as handle:
     writer = csv.DictWriter(handle, fieldnames=columns)

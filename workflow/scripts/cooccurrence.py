@@ -1,10 +1,10 @@
 """Rule cooccurrence: sum the partials, write D's entries above the floor and the totals."""
 
 from insight.core.io import read_json, write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.hierarchy.cooccurrence import cooccurrence_table, reduce_partials, totals_table
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]
 partial = reduce_partials(snakemake.input.partials, d_sae)
 table = cooccurrence_table(partial, snakemake.params.floor)

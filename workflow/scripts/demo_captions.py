@@ -1,10 +1,10 @@
 """Rule demo_captions: captioned scenes (Karpathy layout) and a tiny random GPT-2."""
 
 from insight.core.io import atomic_dir
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.demo.layouts import make_caption_dataset
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 with atomic_dir(snakemake.output[0]) as tmp:
     make_caption_dataset(
         tmp,

@@ -1,10 +1,10 @@
 """Rule demo_imagefolder: a generated ImageFolder classification set."""
 
 from insight.core.io import atomic_dir
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.demo.layouts import make_imagefolder
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 per_class = snakemake.params.per_class
 with atomic_dir(snakemake.output[0]) as tmp:
     make_imagefolder(

@@ -5,13 +5,13 @@ import pyarrow.parquet as pq
 import torch
 
 from insight.core.io import write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.models.backbone import backbone_spec
 from insight.naming.embed import embed_vocabulary
 from insight.naming.vocabulary import build_index, save_index, user_embedding_table
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.vocabulary
 if snakemake.input.given:

@@ -2,11 +2,11 @@
 
 import torch
 
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.sae.encode import encode_concept_shard
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 stats = encode_concept_shard(
     snakemake.input.sae,

@@ -3,12 +3,12 @@
 import pyarrow.parquet as pq
 import torch
 
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.features.extract import extract_config, extract_shard_from_index
 from insight.models.frozen import frozen_spec
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 stats = extract_shard_from_index(
     index=pq.read_table(snakemake.input.index),

@@ -3,10 +3,10 @@
 import pyarrow.parquet as pq
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.hierarchy.families import dag_summary, family_dag, write_families
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 graph, dropped = family_dag(
     pq.read_table(snakemake.input.cooccurrence),
     pq.read_table(snakemake.input.totals),

@@ -1,10 +1,10 @@
 """Rule features_summary: images, patches and rejected images of a dataset."""
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.features.shards import summarise_shards
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 summary = summarise_shards(snakemake.input.features, snakemake.input.rejected)
 write_json(summary, snakemake.output[0])
 log.info("%s: %s", snakemake.wildcards.dataset, summary)

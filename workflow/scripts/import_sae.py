@@ -3,12 +3,12 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.sae.model import save_sae
 from insight.sae.training import import_sae
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 sae, report = import_sae(
     snakemake.input.folder,

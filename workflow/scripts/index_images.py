@@ -1,10 +1,10 @@
 """Rule index_images: list a dataset's images and assign shards."""
 
 from insight.core.io import write_json, write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.data.images import assign_shards, list_images
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 refs = list_images(snakemake.input[0], snakemake.params.kind)
 index = assign_shards(refs, snakemake.params.per_shard)
 shards = int(index["shard"].to_numpy().max()) + 1

@@ -5,12 +5,12 @@ import csv
 import torch
 
 from insight.core.io import atomic_path
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.models.frozen import frozen_spec
 from insight.tasks.interpretability import interpretability_rows
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 rows = interpretability_rows(
     snakemake.params.datasets,

@@ -3,10 +3,10 @@
 import torch
 
 from insight.core.io import write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.naming.names import name_concepts
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 table = name_concepts(
     snakemake.input.sae,

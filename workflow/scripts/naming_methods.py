@@ -3,10 +3,10 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.demo.recovery import compare_naming_methods
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 result = compare_naming_methods(
     dict(snakemake.input.items()), snakemake.params.naming, snakemake.params.threshold

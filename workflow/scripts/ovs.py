@@ -5,13 +5,13 @@ from pathlib import Path
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.data.images import DatasetLayoutError
 from insight.models.frozen import frozen_spec
 from insight.tasks.ovs import evaluate_ovs
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 name = snakemake.wildcards.benchmark
 try:

@@ -3,10 +3,10 @@
 import csv
 
 from insight.core.io import atomic_path, read_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.tasks.ovs import markdown_table, ovs_table
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 results = {read_json(path)["dataset"]: read_json(path) for path in snakemake.input}
 header, rows = ovs_table(results)
 with atomic_path(snakemake.output.csv) as tmp, open(tmp, "w", newline="") as handle:

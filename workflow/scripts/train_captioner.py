@@ -3,11 +3,11 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.tasks.captioning import train_captioning_method
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 result = train_captioning_method(
     snakemake.input.tokens,

@@ -3,12 +3,12 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.demo.clip_training import train_clip_from_pairs
 from insight.models.backbone import backbone_spec
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 metrics = train_clip_from_pairs(
     snakemake.params.training["pairs"],

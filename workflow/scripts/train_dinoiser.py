@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.data.images import decode_policy
 from insight.models.backbone import backbone_spec
@@ -16,7 +16,7 @@ from insight.models.dinoiser_training import (
     train_dinoiser_from_images,
 )
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 cfg = snakemake.params.dinoiser
 refs = sample_training_images(pq.read_table(snakemake.input.index), cfg["images"], cfg["seed"])

@@ -1,10 +1,10 @@
 """Rule vocabulary: collect, normalise and deduplicate the term sources."""
 
 from insight.core.io import write_parquet
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.naming.vocabulary import build_vocabulary, collect_sources
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 sources = collect_sources(snakemake.params.sources)
 table, dropped = build_vocabulary(sources)
 write_parquet(table, snakemake.output[0])

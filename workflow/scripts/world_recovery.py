@@ -3,12 +3,12 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.logs import setup_logging
+from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.demo.recovery import world_recovery
 from insight.models.frozen import frozen_spec
 
-log = setup_logging(snakemake.log[0])
+log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 result = world_recovery(
     snakemake.input.parts,
