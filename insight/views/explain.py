@@ -10,7 +10,13 @@ The JSON lists the top concepts by contribution, the rest of the concepts as one
 ``other_concepts`` item and the decoder bias as ``bias``; their contributions sum to
 the score and their shares (contribution / score) sum to one. The reconstruction is
 not normalised here (normalising would make the split inexact); it ranks labels the
-same way up to each patch's norm.
+same way up to each patch's norm. The figure beside the heatmaps is a waterfall of those
+items: each bar starts where the previous one ended, and the last ends at the score.
+
+Without a label, the explained label is the image's best term among the vocabulary's
+concrete terms: terms from a source other than the plain word-frequency list (the
+concreteness norms, LAION lists, the user's word lists), so function words such as
+"except" are never explained.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -97,6 +104,60 @@ def explain_label(
     }
 
 
+def waterfall_steps(explanation: dict) -> list[dict]:
+    """The waterfall of an explanation: the top concepts, the remaining concepts and the
+    bias, each ``{"label", "start", "end"}``; the last ``end`` is the score."""
+    items = [
+        (concept_label(c["concept"], c["name"]), c["contribution"]) for c in explanation["concepts"]
+    ]
+    items += [
+        ("other concepts", explanation["other_concepts"]["contribution"]),
+        ("bias", explanation["bias"]["contribution"]),
+    ]
+    steps, total = [], 0.0
+    for label, contribution in items:
+        steps.append({"label": label, "start": total, "end": total + contribution})
+        total += contribution
+    return steps
+
+
+def waterfall_png(explanation: dict, path: str | Path) -> None:
+    """The waterfall of :func:`waterfall_steps` as a horizontal bar chart, the score marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from insight.core.io import atomic_path
+
+    steps = waterfall_steps(explanation)
+    figure, axes = plt.subplots(figsize=(6, 0.45 * len(steps) + 1.2))
+    for row, step in enumerate(steps):
+        width = step["end"] - step["start"]
+        colour = "#2a9d8f" if width >= 0 else "#e76f51"
+        axes.barh(row, width, left=step["start"], color=colour)
+        axes.text(max(step["start"], step["end"]), row, f" {width:+.3f}", va="center", fontsize=8)
+    axes.axvline(explanation["score"], color="black", linewidth=1)
+    axes.set_yticks(range(len(steps)), [s["label"] for s in steps])
+    axes.invert_yaxis()
+    axes.set_xlabel(
+        f"contribution to the score of '{explanation['label']}' ({explanation['score']:.3f})"
+    )
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def concrete_rows(terms: pa.Table, embeddings: pa.Table) -> np.ndarray:
+    """Rows of ``embeddings.parquet`` whose term is concrete (module docstring); all rows
+    when the vocabulary has no other source than word frequency."""
+    sources = dict(zip(terms["term"].to_pylist(), terms["sources"].to_pylist(), strict=True))
+    concrete = {t for t, found in sources.items() if any(s != "wordfreq" for s in found)}
+    rows = [i for i, t in enumerate(embeddings["term"].to_pylist()) if t in concrete]
+    return np.array(rows if rows else range(embeddings.num_rows), dtype=np.int64)
+
+
 def structure_caption(item: dict) -> str:
     """``parents: a, b | children: c`` for one explained concept."""
 
@@ -148,9 +209,8 @@ def explain_image_file(
     from insight.hierarchy.families import family_graph
     from insight.views.heatmaps import image_codes
 
-    run = load_trained_run(
-        cfg, results, "explain", [] if label else ["vocabulary/embeddings.parquet"]
-    )
+    needed = [] if label else ["vocabulary/embeddings.parquet", "vocabulary/terms.parquet"]
+    run = load_trained_run(cfg, results, "explain", needed)
     models, sae, device = run.models, run.sae, run.device
     image = read_rgb_image(image_path)
     crop, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
@@ -160,10 +220,12 @@ def explain_image_file(
         vocabulary = pq.read_table(
             run.results / "vocabulary/embeddings.parquet", columns=["term", "embedding"]
         )
-        embeddings = np.stack(vocabulary["embedding"].to_numpy(zero_copy_only=False))
-        row = best_row(codes, sae, embeddings.astype(np.float32))
-        label = vocabulary["term"][row].as_py()
-        text = torch.from_numpy(embeddings[row].astype(np.float32))
+        terms = pq.read_table(run.results / "vocabulary/terms.parquet")
+        rows = concrete_rows(terms, vocabulary)
+        embeddings = np.stack(vocabulary["embedding"].to_numpy(zero_copy_only=False))[rows]
+        best = best_row(codes, sae, embeddings.astype(np.float32))
+        label = vocabulary["term"][int(rows[best])].as_py()
+        text = torch.from_numpy(embeddings[best].astype(np.float32))
     else:
         encoder = cached_text_encoder(
             models.model, models.tokenizer, run.spec, run.results / "vocabulary/cache", device
@@ -171,9 +233,11 @@ def explain_image_file(
         text = torch.from_numpy(class_text_embeddings([label], encoder.encode)[0])
     explanation = explain_label(codes, sae, label, text.to(device), names, graph, top)
     explanation["image"] = str(image_path)
+    explanation["waterfall"] = waterfall_steps(explanation)
     out = Path(out)
     stem = Path(image_path).stem
     png, json_path = out / f"{stem}.png", out / f"{stem}.json"
     explanation_png(crop, codes, grid, explanation, png)
+    waterfall_png(explanation, out / f"{stem}_waterfall.png")
     write_json(explanation, json_path)
     return explanation, png, json_path

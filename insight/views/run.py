@@ -50,8 +50,9 @@ def load_trained_run(
         "names": results / "naming/names.parquet",
         **{path: results / path for path in extra},
     }
-    if cfg["dinoiser"]["enabled"]:
-        needed["dinoiser"] = results / "models/dinoiser.safetensors"
+    if cfg["dinoiser"]["enabled"]:  # the released head when configured, else the trained one
+        released = cfg["dinoiser"].get("checkpoint")
+        needed["dinoiser"] = Path(released) if released else results / "models/dinoiser.safetensors"
     for what, path in needed.items():
         if not path.exists():
             raise RunNotFoundError(

@@ -6,7 +6,14 @@ import torch.nn.functional as F
 from insight.hierarchy.families import family_graph
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
 from insight.tasks.ovs_explain import concept_contributions
-from insight.views.explain import best_row, explain_label, label_contributions
+from insight.views.explain import (
+    best_row,
+    concrete_rows,
+    explain_label,
+    label_contributions,
+    waterfall_png,
+    waterfall_steps,
+)
 from insight.views.steering import (
     UnknownConceptError,
     concepts_named,
@@ -61,6 +68,32 @@ def test_explanation_shares_sum_to_one_with_structure(sae, codes):
         if item["concept"] == 1:
             assert item["parents"] == [{"concept": 0, "name": "cat"}]
             assert item["children"] == [{"concept": 5, "name": "fur"}]
+
+
+def test_the_waterfall_ends_at_the_score(sae, codes, tmp_path):
+    names = dict(zip(NAMES["concept"].to_pylist(), NAMES["name"].to_pylist(), strict=True))
+    result = explain_label(codes, sae, "cat", torch.randn(8), names, family_graph(FAMILIES), 2)
+    steps = waterfall_steps(result)
+    assert [s["label"] for s in steps][-2:] == ["other concepts", "bias"]
+    assert len(steps) == 4 and steps[0]["start"] == 0.0
+    for before, after in zip(steps, steps[1:], strict=False):
+        assert after["start"] == before["end"]  # each bar starts where the last one ended
+    assert steps[-1]["end"] == pytest.approx(result["score"], abs=1e-4)
+    waterfall_png(result, tmp_path / "waterfall.png")
+    assert (tmp_path / "waterfall.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_only_concrete_terms_are_explained_without_a_label():
+    terms = pa.table(
+        {
+            "term": ["except", "sky", "red car", "the"],
+            "sources": [["wordfreq"], ["wordfreq", "brysbaert"], ["list:words.txt"], ["wordfreq"]],
+        }
+    )
+    embeddings = pa.table({"term": ["except", "except", "red car", "sky", "the"]})
+    assert concrete_rows(terms, embeddings).tolist() == [2, 3]
+    only_frequency = terms.filter(pa.array([True, False, False, True]))
+    assert concrete_rows(only_frequency, embeddings).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_best_row_is_the_highest_explained_score(sae, codes):

@@ -401,8 +401,13 @@ def test_insight_explain_writes_png_and_json_whose_shares_sum_to_one(demo_run):
         assert sum(item["contribution"] for item in items) == pytest.approx(explanation["score"])
         assert sum(item["share"] for item in items) == pytest.approx(1.0)
         assert label == [] or explanation["label"] == "red car"
-        with Image.open(demo_run / "explained/scene_00001.png") as png:
-            assert png.format == "PNG"
+        if not label:  # the best concrete term: one of the world's words, never "except"
+            world_words = set((demo_run / "config/demo_words.txt").read_text().split())
+            assert set(explanation["label"].split()) <= world_words, explanation["label"]
+        assert explanation["waterfall"][-1]["end"] == pytest.approx(explanation["score"], abs=1e-4)
+        for png_name in ("scene_00001.png", "scene_00001_waterfall.png"):
+            with Image.open(demo_run / "explained" / png_name) as png:
+                assert png.format == "PNG"
 
 
 @pytest.mark.slow
