@@ -3,6 +3,7 @@
     insight explain IMAGE [--label TEXT] [--configfile FILE]...
     insight caption IMAGE [--scale NAME=FACTOR]... [--family] [--configfile FILE]...
     insight export-sae OUT [--format dictionary_learning|saelens] [--results DIR]
+    insight export OUT [--configfile FILE]... [--results DIR]
 
 Run it in the workflow's directory: the config is ``config.yaml`` updated by each
 ``--configfile`` (as Snakemake does), validated against the workflow's schema, and the
@@ -91,6 +92,14 @@ def _export_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from insight.views.export import export_run
+
+    folder = export_run(args.results, args.out, load_config(args.configfile))
+    print(f"wrote {folder}: upload it with `huggingface-cli upload USER/NAME {folder}`")
+    return 0
+
+
 CONFIGFILE = {
     "action": "append",
     "default": [],
@@ -133,6 +142,13 @@ def parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--results", type=Path, default=Path("results"))
     export.set_defaults(run=_export_sae)
+    share = commands.add_parser(
+        "export", help="the run as a folder for the Hugging Face Hub, with a model card"
+    )
+    share.add_argument("out", type=Path, help="a new folder")
+    share.add_argument("--configfile", **CONFIGFILE)
+    share.add_argument("--results", type=Path, default=Path("results"))
+    share.set_defaults(run=_export)
     return top
 
 

@@ -402,7 +402,10 @@ def evaluate(
     sae: MatryoshkaBatchTopKSAE, batches: Iterator[torch.Tensor], device: torch.device | str = "cpu"
 ) -> dict:
     """Held-out metrics: FVE overall and per Matryoshka prefix (thresholded codes), mean L0
-    of the thresholded and of the BatchTopK codes, and dead latents."""
+    of the thresholded and of the BatchTopK codes, dead latents, and SAEBench's core
+    metrics under their names (``saebench``: explained_variance, mse (per patch, summed
+    over dimensions), cossim and l2_ratio (shrinkage, ||x_hat|| / ||x||) averaged over
+    patches, l0, frac_alive)."""
     cfg = sae.config
     n = 0
     total = torch.zeros(cfg.d_in, dtype=torch.float64)
@@ -410,10 +413,14 @@ def evaluate(
     prefix_sse = torch.zeros(len(cfg.group_ends), dtype=torch.float64)
     l0_threshold = l0_topk = 0.0
     fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+    cossim = l2_ratio = 0.0
     for batch in batches:
         x = batch.to(device)
         codes = sae.encode(x)
         topk_codes = sae.encode_batch_topk(x)
+        x_hat = sae.decode(codes)
+        cossim += torch.nn.functional.cosine_similarity(x_hat, x, dim=-1).double().sum().item()
+        l2_ratio += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp(min=1e-12)).double().sum().item()
         for j, end in enumerate(cfg.group_ends):
             prefix_sse[j] += (sae.decode(codes, end) - x).double().pow(2).sum().cpu()
         l0_threshold += (codes > 0).sum().item()
@@ -428,7 +435,16 @@ def evaluate(
         )
     sst = total_sq - total.pow(2).sum() / n
     fve = (1 - prefix_sse / sst).tolist()
+    saebench = {
+        "explained_variance": fve[-1],
+        "mse": float(prefix_sse[-1]) / n,
+        "cossim": cossim / n,
+        "l2_ratio": l2_ratio / n,
+        "l0": l0_threshold / n,
+        "frac_alive": float(fired.float().mean()),
+    }
     return {
+        "saebench": saebench,
         "heldout_rows": n,
         "fve": fve[-1],
         "fve_per_prefix": fve,

@@ -555,3 +555,57 @@ def test_every_parquet_output_records_its_provenance(demo_run):
         assert metadata.get(b"insight.version") == __version__.encode(), path
         assert len(metadata.get(b"insight.code_version", b"")) >= 8, path
         assert len(metadata.get(b"insight.settings_hash", b"")) == 16, path
+
+
+@pytest.mark.slow
+def test_insight_export_round_trips_and_its_card_states_sae_json(demo_run, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from insight.sae.model import load_sae
+    from insight.views.export import SAEBENCH_ROWS, load_export
+
+    out = tmp_path / "shared"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "insight.cli",
+            "export",
+            str(out),
+            "--configfile",
+            "config/demo.yaml",
+        ],
+        cwd=demo_run,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = load_export(out)
+    trained = load_sae(demo_run / "results/models/sae.safetensors")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.sae.state_dict()[key], value), key
+    assert loaded.names.equals(pq.read_table(demo_run / "results/naming/names.parquet"))
+    assert loaded.families.equals(pq.read_table(demo_run / "results/hierarchy/families.parquet"))
+    card = (out / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "insight" and "sparse-autoencoder" in metadata["tags"]
+    saebench = json.loads((demo_run / "results/models/sae.json").read_text())["metrics"]["heldout"][
+        "saebench"
+    ]
+    for key, label in SAEBENCH_ROWS:
+        shown = re.search(rf"\| {re.escape(label)} \| ([-0-9.]+) \|", card)
+        assert shown and float(shown.group(1)) == pytest.approx(saebench[key], abs=5e-5), key
+    again = subprocess.run(
+        [sys.executable, "-m", "insight.cli", "export", str(out)],
+        cwd=demo_run,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(demo_run)},
+    )
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
