@@ -30,9 +30,15 @@ def family_graph(families: pa.Table | None) -> nx.DiGraph:
     """The family DAG (parent -> child) from ``families.parquet``."""
     graph = nx.DiGraph()
     if families is not None:
-        graph.add_edges_from(
-            zip(families["parent"].to_pylist(), families["child"].to_pylist(), strict=True)
+        confidences = (
+            families["confidence"].to_pylist()
+            if "confidence" in families.column_names
+            else [None] * families.num_rows
         )
+        for parent, child, confidence in zip(
+            families["parent"].to_pylist(), families["child"].to_pylist(), confidences, strict=True
+        ):
+            graph.add_edge(parent, child, confidence=confidence)
     return graph
 
 

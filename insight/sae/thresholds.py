@@ -93,10 +93,10 @@ def calibrated_threshold(
 
 
 @torch.no_grad()
-def heldout_l0(
+def mean_l0(
     sae: MatryoshkaBatchTopKSAE, batches: Iterable[torch.Tensor], threshold: torch.Tensor
 ) -> float:
-    """Mean concepts per held-out patch under ``threshold``."""
+    """Mean concepts per patch of ``batches`` under ``threshold``."""
     active = rows = 0
     for x in batches:
         pre = sae.pre_activations(x)

@@ -76,10 +76,13 @@ def train_sae_from_shards(
     bar = progress(trainer.total_steps(), "train SAE", "step")
     bar.update(trainer.global_step)
 
+    history: list[dict] = []
+
     def on_step(_trainer: SAETrainer, step_metrics: dict) -> None:
         bar.update(1)
         if _trainer.global_step % train.log_every == 0 or _trainer.global_step == 1:
             metrics = _trainer.last_metrics
+            history.append({"step": _trainer.global_step, **metrics})
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4g}",
                 fve=f"{metrics['fve']:.3f}",
@@ -91,7 +94,9 @@ def train_sae_from_shards(
 
     last = trainer.fit(on_step)
     bar.close()
-    thresholds = set_inference_threshold(trainer.sae, data, cfg, device)
+    if not history or history[-1]["step"] != trainer.global_step:
+        history.append({"step": trainer.global_step, **last})
+    thresholds, train_l0 = set_inference_threshold(trainer.sae, data, cfg, device)
     metrics = {
         "train_last_step": last,
         "steps": trainer.global_step,
@@ -100,6 +105,7 @@ def train_sae_from_shards(
         "heldout_l0_by_threshold": heldout_l0_by_threshold(
             trainer.sae, thresholds, paths, cfg, device
         ),
+        "train_l0_by_threshold": train_l0,
     }
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
@@ -107,6 +113,7 @@ def train_sae_from_shards(
         "config": config.to_dict(),
         "training": {**train.__dict__},
         "metrics": metrics,
+        "history": history,
     }
 
 
@@ -321,10 +328,11 @@ class SAETrainer:
 
 def set_inference_threshold(
     sae: MatryoshkaBatchTopKSAE, data: FeatureBatches, cfg: dict, device: torch.device
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Every reading of the inference threshold for the trained ``sae``, calibrated on up to
-    ``threshold_calibration_rows`` training rows; the configured one is set on ``sae``."""
-    from insight.sae.thresholds import THRESHOLD_MODES, calibrated_threshold
+    ``threshold_calibration_rows`` training rows, and the L0 of each on those rows; the
+    configured one is set on ``sae``."""
+    from insight.sae.thresholds import THRESHOLD_MODES, calibrated_threshold, mean_l0
 
     batches, rows = [], 0
     for x in data.epoch(0, shuffle=False, drop_last=False):
@@ -334,8 +342,9 @@ def set_inference_threshold(
             break
     sae.eval()
     thresholds = {mode: calibrated_threshold(sae, batches, mode) for mode in THRESHOLD_MODES}
+    train_l0 = {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
     sae.set_threshold(thresholds[cfg["inference_threshold"]])
-    return thresholds
+    return thresholds, train_l0
 
 
 def heldout_l0_by_threshold(
@@ -346,10 +355,10 @@ def heldout_l0_by_threshold(
     device: torch.device,
 ) -> dict[str, float]:
     """Held-out L0 under each reading of the threshold (BatchTopK's is ``l0_batch_topk``)."""
-    from insight.sae.thresholds import heldout_l0
+    from insight.sae.thresholds import mean_l0
 
     batches = [x.to(device) for x in heldout_batches(feature_paths, cfg)]
-    return {mode: heldout_l0(sae, batches, value) for mode, value in thresholds.items()}
+    return {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
 
 
 def heldout_batches(feature_paths: Sequence[str | Path], cfg: dict) -> Iterator[torch.Tensor]:

@@ -8,7 +8,7 @@ from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, load_sae, save_
 from insight.sae.thresholds import (
     calibrated_threshold,
     global_threshold,
-    heldout_l0,
+    mean_l0,
     per_concept_thresholds,
 )
 
@@ -42,7 +42,7 @@ def test_per_concept_thresholds_match_each_concepts_batch_topk_frequency():
     # within the histogram's resolution: at most a couple of patches per concept
     assert (fired[~never] - kept[~never]).abs().max() <= 2
     rows = 50 * len(batches)
-    assert heldout_l0(sae, batches, thresholds) == pytest.approx(float(kept.sum()) / rows, abs=0.05)
+    assert mean_l0(sae, batches, thresholds) == pytest.approx(float(kept.sum()) / rows, abs=0.05)
 
 
 def test_a_per_concept_threshold_survives_saving_and_is_refused_by_dictionary_learning(tmp_path):

@@ -5,7 +5,15 @@ from conftest import TINY
 from PIL import Image
 
 from insight.core.io import write_parquet
-from insight.views.browser import build_browser, top_activations
+from insight.hierarchy.families import family_graph
+from insight.views.browser import (
+    ConceptInfo,
+    activation_histograms,
+    build_browser,
+    concept_infos,
+    family_svg,
+    top_activations,
+)
 
 EVIL = "<script>alert('name')</script>"
 EVIL_IMAGE = "a'><img src=x onerror=alert(1)>.png"
@@ -60,14 +68,14 @@ def run(tmp_path):
     return tmp_path
 
 
-def build(run):
+def build(run, **settings):
     return build_browser(
         run / "names.parquet",
         run / "families.parquet",
         [run / "shard-00000.parquet"],
         run / "index.parquet",
         TINY,
-        {"images_per_concept": 8, "thumbnail_size": 64},
+        {"images_per_concept": 8, "thumbnail_size": 64, "image_pages": 10, **settings},
         run / "cache",
         run / "browser",
     )
@@ -75,11 +83,66 @@ def build(run):
 
 def test_top_activations_rank_images_by_peak_and_keep_their_patches(run):
     top = top_activations([run / "shard-00000.parquet"], per_concept=1).to_pylist()
-    assert [(r["concept"], r["image_id"], r["peak"]) for r in top] == [
-        (0, "plain.png", 3.0),
-        (1, EVIL_IMAGE, 4.0),
+    assert [(r["concept"], r["image_id"], r["band"], r["peak"]) for r in top] == [
+        (0, "plain.png", "top", 3.0),
+        (1, EVIL_IMAGE, "top", 4.0),
     ]
     assert top[0]["patches"] == [0, 5] and top[0]["activations"] == [1.0, 3.0]
+
+
+def test_quantile_bands_take_images_from_lower_ranks(tmp_path):
+    """40 images of one concept, peaks 40..1: top 2, then 1 image past the 25%, 50%, 75% ranks."""
+    rows = {
+        "image_id": [f"img{i:02d}" for i in range(40)],
+        "patch": pa.array([0] * 40, pa.int32()),
+        "concept": pa.array([0] * 40, pa.int32()),
+        "activation": pa.array([40.0 - i for i in range(40)], pa.float32()),
+    }
+    write_parquet(pa.table(rows), tmp_path / "shard.parquet")
+    examples = top_activations([tmp_path / "shard.parquet"], per_concept=2, per_band=1)
+    chosen = [(r["band"], r["peak"]) for r in examples.to_pylist()]
+    assert chosen == [("top", 40.0), ("top", 39.0), ("q25", 30.0), ("q50", 20.0), ("q75", 10.0)]
+
+
+def test_histograms_count_activations_in_equal_bins(run):
+    histograms = activation_histograms([run / "shard-00000.parquet"], bins=4)
+    # concept 0: activations 1, 3, 2, peak 3, bins of width 0.75: 1 -> bin 1, 2 -> 2, 3 -> 3
+    assert histograms[0] == (3.0, [0, 1, 1, 1])
+    # concept 1: activations 4 and 1, peak 4, bins of width 1: 1 -> bin 1, 4 -> bin 3
+    assert histograms[1] == (4.0, [0, 1, 0, 1])
+    assert 2 not in histograms
+
+
+def test_shared_names_are_told_apart_and_dead_concepts_marked(run):
+    names = pa.table(
+        {
+            "concept": pa.array([0, 1, 2], pa.int32()),
+            "name": ["sand", "sand", "sky"],
+            "group": pa.array([0, 0, 0], pa.int32()),
+            "frequency": pa.array([3, 0, 1], pa.int64()),
+        }
+    )
+    infos = concept_infos(names, None)
+    assert [i.display for i in infos] == ["sand #0", "sand #1", "sky"]
+    assert [i.dead for i in infos] == [False, True, False]
+
+
+def test_family_drawing_says_how_many_children_it_leaves_out():
+    graph = family_graph(
+        pa.table(
+            {
+                "parent": pa.array([0] * 12, pa.int32()),
+                "child": pa.array(range(1, 13), pa.int32()),
+                "confidence": pa.array([0.8] * 12, pa.float32()),
+            }
+        )
+    )
+    infos = {
+        c: ConceptInfo(c, f"c{c}", 0, 100 - c, None, [], [], [], display=f"c{c}") for c in range(13)
+    }
+    svg = family_svg(0, graph, infos, limit=8)
+    assert "+4 more" in svg and svg.count("marker-end='url(#arrow)'") == 8
+    assert svg.count(">0.80</text>") == 8  # each arrow labelled with its confidence
 
 
 def test_names_and_paths_are_escaped(run):
@@ -87,16 +150,17 @@ def test_names_and_paths_are_escaped(run):
     index = (run / "browser/index.html").read_text()
     page = (run / "browser/concepts/1.html").read_text()
     parent = (run / "browser/concepts/0.html").read_text()
-    for html_text in (index, page, parent):
+    image_pages = [p.read_text() for p in (run / "browser/images").glob("*.html")]
+    for html_text in (index, page, parent, *image_pages):
         assert "<script>alert" not in html_text and "onerror=alert(1)>" not in html_text
-    assert "&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page
-    assert "a&#x27;&gt;&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert "a&#39;&gt;&lt;img src=x onerror=alert(1)&gt;.png" in page
 
 
 def test_thumbnails_are_cached_not_redrawn(run, monkeypatch):
     counts = build(run)
-    assert counts == {"concepts": 3, "images": 3, "thumbnails": 3}
+    assert counts == {"concepts": 3, "images": 3, "thumbnails": 3, "image_pages": 2}
     cached = sorted((run / "cache").glob("*.jpg"))
     assert len(cached) == 3 and len(list((run / "browser/assets/thumbs").glob("*.jpg"))) == 3
 
@@ -109,22 +173,38 @@ def test_thumbnails_are_cached_not_redrawn(run, monkeypatch):
 
 
 @pytest.mark.browser
-def test_browser_search_and_script_name_in_chromium(run, chromium, tmp_path):
+def test_browser_search_toggle_and_image_page_in_chromium(run, chromium, tmp_path):
     build(run)
     page, errors = chromium
     page.goto((run / "browser/index.html").as_uri())
     rows = page.locator("#concepts tbody tr:visible")
+    assert rows.count() == 2 and page.inner_text("#count") == "2 of 3 concepts"  # 2 never fires
+    page.check("#show-dead")
     assert rows.count() == 3
     assert EVIL in page.locator("#concepts").inner_text()  # shown as text, not run
     page.fill("#search", "anim")
     assert rows.count() == 1 and page.inner_text("#count") == "1 of 3 concepts"
+    page.fill("#search", "2")  # by id
+    assert rows.count() == 1 and "concept 2" in rows.first.inner_text()
     page.fill("#search", "")
     page.click("th:has-text('frequency')")
     page.click("th:has-text('frequency')")  # descending
-    assert page.locator("#concepts tbody tr td:nth-child(2)").first.inner_text() == "animal"
+    assert page.locator("#concepts tbody tr td:nth-child(3)").first.inner_text() == "animal"
     page.goto((run / "browser/concepts/1.html").as_uri())
     assert page.locator("h1").inner_text() == EVIL
+    assert page.locator("#histogram rect").count() > 0
     widths = page.eval_on_selector_all(".images img", "images => images.map(i => i.naturalWidth)")
     assert widths == [64]
-    page.screenshot(path=str(tmp_path / "concept.png"))
+    page.locator(".images a").first.click()
+    page.wait_for_load_state("load")
+    # patch 1 of the evil image (row 0, column 1 of its 14 x 14 grid): concept 1 at 4.0
+    box = page.locator("#grid").bounding_box()
+    cell = box["width"] / 14
+    page.mouse.click(box["x"] + 1.5 * cell, box["y"] + 0.5 * cell)
+    listed = page.eval_on_selector_all(
+        "#patch-concepts tbody tr",
+        "rows => rows.map(r => [Number(r.dataset.concept), Number(r.dataset.activation)])",
+    )
+    assert listed == [[1, 4.0]]
+    page.screenshot(path=str(tmp_path / "image.png"))
     assert errors == []

@@ -61,6 +61,7 @@ DOWNSTREAM_OF_FEATURES = {
     "browser": 1,
     "world_recovery": 1,
     "naming_methods": 1,
+    "training_curves": 1,
     "all": 1,
 }
 
@@ -439,36 +440,84 @@ def test_demo_builds_the_browser_and_the_report(demo_run):
     concepts = demo_config(demo_run)["sae"]["d_sae"]
     assert len(pages) == concepts and index.count("<tr data-search=") == concepts
     assert list((demo_run / "results/browser/assets/thumbs").glob("*.jpg"))
-    snakemake(demo_run, "--report", "report.html", "--configfile", "config/demo.yaml")
-    report = (demo_run / "report.html").read_text()
+    assert list((demo_run / "results/browser/images").glob("*.html"))
+    snakemake(demo_run, "--report", "report.zip", "--configfile", "config/demo.yaml")
+    import zipfile
+
+    with zipfile.ZipFile(demo_run / "report.zip") as archive:
+        members = archive.namelist()
+        report = archive.read(next(m for m in members if m.endswith("report.html"))).decode()
+    browser = [m[: -len("index.html")] for m in members if m.endswith("/index.html")]
+    assert any(f"{folder}concepts/0.html" in members for folder in browser)  # the browser
+    assert any(m.endswith("/training_curves.png") for m in members)
     for expected in (
         "ovs_table.csv",
         "classification_table.csv",
         "interpretability_table.csv",
         "Open-vocabulary segmentation, mIoU",
         "Why the INSIGHT probe predicts a class",
+        "Training curves",
     ):
-        assert expected in report
+        assert expected in report, expected
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_demo_browser_in_headless_chromium(demo_run, chromium, tmp_path):
+    """The dead-concept toggle, search by name and by id, a concept page's histogram, and an
+    image page whose clicked patch lists exactly the concept shards' activations there."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     page, errors = chromium
     page.goto((demo_run / "results/browser/index.html").as_uri())
     rows = page.locator("#concepts tbody tr:visible")
     concepts = demo_config(demo_run)["sae"]["d_sae"]
+    names = pq.read_table(demo_run / "results/naming/names.parquet")
+    alive = int(pc.sum(pc.greater(names["frequency"], 0)).as_py())
+    assert rows.count() == alive < concepts  # concepts that never fire start hidden
+    page.check("#show-dead")
     assert rows.count() == concepts
-    first_name = page.locator("#concepts tbody tr td:nth-child(2)").first.inner_text()
+    page.uncheck("#show-dead")
+    first_name = page.locator("#concepts tbody tr:visible td:nth-child(3)").first.inner_text()
     page.fill("#search", first_name)
-    assert 1 <= rows.count() < concepts
+    assert 1 <= rows.count() < alive
+    first_id = page.locator("#concepts tbody tr:visible td:nth-child(2)").first.inner_text()
+    page.fill("#search", first_id)
+    assert first_id in rows.first.inner_text()
+    page.fill("#search", "")
     page.screenshot(path=str(tmp_path / "index.png"))
-    page.locator("#concepts tbody tr:visible a").first.click()
+    page.locator("#concepts tbody tr:visible td:nth-child(3) a").first.click()
     page.wait_for_load_state("load")
+    assert page.locator("#histogram rect").count() > 0
     widths = page.eval_on_selector_all(".images img", "images => images.map(i => i.naturalWidth)")
     assert widths and all(width > 0 for width in widths)
     page.screenshot(path=str(tmp_path / "concept.png"), full_page=True)
-    assert (tmp_path / "concept.png").stat().st_size > 0
+    page.locator(".images a").first.click()
+    page.wait_for_load_state("load")
+    image_id = page.locator("h1").inner_text()
+    shards = pq.read_table(
+        list((demo_run / "results/concepts/demo").glob("shard-*.parquet")),
+        filters=[("image_id", "=", image_id)],
+    ).to_pylist()
+    patch = max(shards, key=lambda r: r["activation"])["patch"]
+    grid = json.loads(page.locator("#image-data").inner_text())["grid"]
+    box = page.locator("#grid").bounding_box()
+    cell_w, cell_h = box["width"] / grid[1], box["height"] / grid[0]
+    row, col = divmod(patch, grid[1])
+    page.mouse.click(box["x"] + (col + 0.5) * cell_w, box["y"] + (row + 0.5) * cell_h)
+    listed = page.eval_on_selector_all(
+        "#patch-concepts tbody tr",
+        "rows => rows.map(r => [Number(r.dataset.concept), Number(r.dataset.activation)])",
+    )
+    expected = sorted(
+        ([r["concept"], r["activation"]] for r in shards if r["patch"] == patch),
+        key=lambda item: -item[1],
+    )
+    assert listed and sorted(listed) == sorted(expected)
+    page.screenshot(path=str(tmp_path / "image.png"), full_page=True)
+    for name in ("index", "concept", "image"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
     assert errors == []
 
 

@@ -280,6 +280,7 @@ def all_targets():
         targets.append("results/captioning_table.csv")
     if config["browser"]["enabled"]:
         targets.append("results/browser")
+    targets.append("results/report/training_curves.png")
     if demo_world():
         targets.append("results/demo/world_recovery.json")
         targets.append("results/demo/naming_methods.json")
