@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -86,6 +88,21 @@ def build_captioner(language_model: str, d_in: int, cfg: dict):
     return Captioner(adapter, lm), tokenizer
 
 
+def caption_diversity(captions: Sequence[str]) -> dict:
+    """How varied a captioner's test captions are: the share of distinct captions, the
+    share of the most common one, and ``collapsed`` when one caption covers most (more than
+    half) of the images, which makes BLEU/CIDEr say little about the image."""
+    if not captions:
+        return {"distinct_fraction": 0.0, "most_common_fraction": 0.0, "collapsed": False}
+    counts = Counter(captions)
+    most_common = counts.most_common(1)[0][1] / len(captions)
+    return {
+        "distinct_fraction": len(counts) / len(captions),
+        "most_common_fraction": most_common,
+        "collapsed": most_common > 0.5,
+    }
+
+
 def train_captioning_method(
     tokens_path: str | Path,
     captions_path: str | Path,
@@ -119,7 +136,7 @@ def train_captioning_method(
     predicted = generate_captions(captioner, tensors[f"test/{method}"], tokenizer, cfg, device)
     predictions = dict(zip(test["image_ids"], predicted, strict=True))
     references = dict(zip(test["image_ids"], test["captions"], strict=True))
-    metrics = caption_metrics(references, predictions)
+    metrics = {**caption_metrics(references, predictions), **caption_diversity(predicted)}
     with atomic_dir(out) as tmp:
         save_safetensors(captioner.adapter.state_dict(), tmp / "adapter.safetensors")
         captioner.language_model.save_pretrained(tmp / "language_model")

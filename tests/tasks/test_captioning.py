@@ -119,3 +119,13 @@ def test_captioner_learns_captions_from_tokens(tmp_path):
 def test_a_missing_language_model_says_what_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="captioning.language_model"):
         load_language_model(str(tmp_path / "absent"))
+
+
+def test_a_captioner_giving_most_images_one_caption_is_flagged_collapsed():
+    from insight.tasks.captioning import caption_diversity
+
+    collapsed = caption_diversity(["a sky"] * 6 + ["a car", "a tree", "a house", "a sky."])
+    assert collapsed == {"distinct_fraction": 0.5, "most_common_fraction": 0.6, "collapsed": True}
+    varied = caption_diversity(["a sky", "a car", "a sky", "a tree"])
+    assert varied["collapsed"] is False and varied["distinct_fraction"] == 0.75
+    assert caption_diversity([])["collapsed"] is False

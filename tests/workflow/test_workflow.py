@@ -533,6 +533,7 @@ def test_demo_captioning_table_and_steering(demo_run):
     for row in rows.values():
         assert 0 <= float(row["bleu4"]) <= 1 and float(row["cider"]) >= 0
         assert 0 <= float(row["meteor"]) <= 1
+        assert 0 < float(row["distinct_fraction"]) <= 1 and row["collapsed"] in ("True", "False")
     result = json.loads((demo_run / "results/captioning/insight.json").read_text())
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
     names = duckdb.sql(
