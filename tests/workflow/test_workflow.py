@@ -200,6 +200,21 @@ def test_demo_sae_and_concepts_match_the_contract(demo_run):
     heldout = report["metrics"]["heldout"]
     assert {"fve", "fve_per_prefix", "l0_threshold", "dead_latents"} <= set(heldout)
     assert heldout["fve"] > 0.5
+    # every reading of the threshold, held out and on the training patches it was set on;
+    # the default (global) matches BatchTopK's sparsity there within 10%
+    for where in ("heldout_l0_by_threshold", "train_l0_by_threshold"):
+        assert set(report["metrics"][where]) == {"global", "per_concept", "ema"}
+    train_l0 = report["metrics"]["train_l0_by_threshold"]
+    assert abs(train_l0["global"] - heldout["l0_batch_topk"]) <= 0.1 * heldout["l0_batch_topk"]
+    assert heldout["l0_threshold"] == report["metrics"]["heldout_l0_by_threshold"]["global"]
+    assert set(heldout["saebench"]) == {
+        "explained_variance",
+        "mse",
+        "cossim",
+        "l2_ratio",
+        "l0",
+        "frac_alive",
+    }
     concepts = demo_run / "results/concepts/demo/*.parquet"
     columns = duckdb.sql(f"describe select * from '{concepts}'").fetchall()
     assert [(c[0], c[1]) for c in columns] == [
