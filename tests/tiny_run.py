@@ -42,7 +42,7 @@ from insight.models.dinoiser_training import (
 from insight.models.frozen import frozen_spec
 from insight.naming.embed import embed_vocabulary
 from insight.naming.names import name_concepts
-from insight.naming.vocabulary import build_index, save_index
+from insight.naming.vocabulary import build_index, build_vocabulary, save_index
 from insight.sae.encode import encode_concept_shard
 from insight.sae.model import save_sae
 from insight.sae.training import train_sae_from_shards
@@ -141,7 +141,11 @@ def build_tiny_run(root: Path) -> TinyRun:
         graph, results / "hierarchy/families.parquet", results / "hierarchy/families.graphml"
     )
 
-    terms = world_words() + ["apple", "river", "chair"]
+    vocabulary, _ = build_vocabulary(
+        {"list:world.txt": world_words(), "wordfreq": ["apple", "river", "chair"]}
+    )
+    write_parquet(vocabulary, results / "vocabulary/terms.parquet")
+    terms = vocabulary["term"].to_pylist()
     table, reports["vocabulary"] = embed_vocabulary(
         terms, spec, cfg["vocabulary"], results / "vocabulary/cache", CPU
     )

@@ -29,8 +29,10 @@ def test_explain_image_file_with_and_without_a_label(tiny_run, tmp_path):
     assert json.loads(json_path.read_text())["label"] == "house"
     assert len(explanation["concepts"]) <= 3
     best, _, _ = explain_image_file(image, tiny_run.cfg, tiny_run.results, tmp_path / "best")
-    terms = pq.read_table(tiny_run.results / "vocabulary/embeddings.parquet")["term"].to_pylist()
-    assert best["label"] in terms
+    terms = pq.read_table(tiny_run.results / "vocabulary/terms.parquet").to_pylist()
+    concrete = {t["term"] for t in terms if t["sources"] != ["wordfreq"]}
+    assert best["label"] in concrete  # never a word-frequency-only term
+    assert best["waterfall"][-1]["end"] == pytest.approx(best["score"], abs=1e-4)
 
 
 def test_a_file_that_is_not_an_image_is_one_clear_error(tiny_run, tmp_path):
