@@ -58,33 +58,32 @@ def top_patch_weights(
     import duckdb
 
     con = duckdb.connect()
-    every_other = families is None
-    con.register(
-        "families", families if families is not None else pa.table({"child": [0], "parent": [0]})
-    )
+    wanted, join_wanted = "", ""  # every a that fires in i's top patches
+    if families is not None:  # only i itself and its parents
+        con.register("families", families)
+        wanted = """,
+        wanted as (
+            select child as concept, parent as other from families
+            union select concept, concept from counts
+        )"""
+        join_wanted = "join wanted w on w.concept = t.concept and w.other = a.concept"
     return con.sql(
-        """
+        f"""
         with acts as (select image_id, patch, concept, activation from read_parquet($files)),
         top_patches as (
             select concept, image_id, patch from acts
             qualify row_number() over (partition by concept order by activation desc, image_id, patch) <= $top
         ),
-        counts as (select concept, count(*) as n from top_patches group by concept),
-        wanted as (
-            select child as concept, parent as other from families
-            union select concept, concept from counts
-        )
+        counts as (select concept, count(*) as n from top_patches group by concept){wanted}
         select t.concept, a.concept as other, sum(a.activation) / any_value(c.n) as weight
         from top_patches t
         join acts a using (image_id, patch)
+        {join_wanted}
         join counts c on c.concept = t.concept
-        where $every or exists (
-            select 1 from wanted w where w.concept = t.concept and w.other = a.concept
-        )
         group by t.concept, a.concept
         order by t.concept, a.concept
         """,
-        params={"files": [str(p) for p in concept_paths], "top": top, "every": every_other},
+        params={"files": [str(p) for p in concept_paths], "top": top},
     ).to_arrow_table()
 
 
