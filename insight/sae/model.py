@@ -128,6 +128,12 @@ def sparse_rows_times(
     )
 
 
+def fires(pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Where latents fire under an inference threshold (a scalar or one per latent):
+    ``z_pre > max(theta, 0)``, so a latent never fires below zero."""
+    return pre > threshold.to(pre.device).clamp(min=0)
+
+
 class _KeptPreActivations(torch.autograd.Function):
     """The kept entries ``z_pre[rows, cols]`` of Eq. B.3 as a differentiable function of
     ``x - b_dec``, ``W_enc`` and ``b_enc``. The forward returns the values already computed
@@ -189,7 +195,7 @@ class MatryoshkaBatchTopKSAE(nn.Module):
                 "the inference threshold has not been estimated (train the SAE first)"
             )
         pre = self.pre_activations(x)
-        return pre * (pre > self.threshold.clamp(min=0))
+        return pre * fires(pre, self.threshold)
 
     def set_threshold(self, threshold: torch.Tensor) -> None:
         """Use ``threshold`` (a scalar, or one value per latent) for :meth:`encode`."""

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import torch
 
-from insight.sae.model import MatryoshkaBatchTopKSAE, batch_topk_indices
+from insight.sae.model import MatryoshkaBatchTopKSAE, batch_topk_indices, fires
 
 THRESHOLD_MODES = ("global", "per_concept", "ema")
 
@@ -53,10 +53,11 @@ def per_concept_thresholds(
     m = sae.config.d_sae
     kept = torch.zeros(m, dtype=torch.float64)
     peak = torch.zeros(m)
-    for x in batches:
-        codes = sae.encode_batch_topk(x)
-        kept += (codes > 0).sum(0).double().cpu()
-        peak = torch.maximum(peak, sae.pre_activations(x).max(0).values.cpu())
+    for x in batches:  # BatchTopK's count per concept (kept and positive) and its peak
+        pre = sae.pre_activations(x)
+        values, flat = batch_topk_indices(pre, x.shape[0] * sae.config.k)
+        kept += torch.bincount(flat[values > 0] % m, minlength=m).double().cpu()
+        peak = torch.maximum(peak, pre.max(0).values.cpu())
     width = (peak / bins).clamp(min=1e-12)
     counts = torch.zeros(m, bins, dtype=torch.float64)
     for x in batches:
@@ -99,7 +100,6 @@ def mean_l0(
     """Mean concepts per patch of ``batches`` under ``threshold``."""
     active = rows = 0
     for x in batches:
-        pre = sae.pre_activations(x)
-        active += int((pre > threshold.to(pre.device).clamp(min=0)).sum())
+        active += int(fires(sae.pre_activations(x), threshold).sum())
         rows += x.shape[0]
     return active / max(rows, 1)

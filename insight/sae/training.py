@@ -26,7 +26,7 @@ from insight.core.io import atomic_path
 from insight.core.logs import progress
 from insight.core.settings import from_config
 from insight.features.shards import embeddings_of
-from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
+from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, fires, matryoshka_group_sizes
 
 
 def sae_config(cfg: dict, d_in: int) -> SAEConfig:
@@ -101,12 +101,10 @@ def train_sae_from_shards(
         "train_last_step": last,
         "steps": trainer.global_step,
         "train_rows_per_epoch": data.count_rows(),
-        "heldout": evaluate_heldout(trainer.sae, paths, cfg, device),
-        "heldout_l0_by_threshold": heldout_l0_by_threshold(
-            trainer.sae, thresholds, paths, cfg, device
-        ),
+        "heldout": evaluate_heldout(trainer.sae, paths, cfg, device, thresholds),
         "train_l0_by_threshold": train_l0,
     }
+    metrics["heldout_l0_by_threshold"] = metrics["heldout"].pop("l0_by_threshold")
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
     return trainer.sae, {
@@ -347,20 +345,6 @@ def set_inference_threshold(
     return thresholds, train_l0
 
 
-def heldout_l0_by_threshold(
-    sae: MatryoshkaBatchTopKSAE,
-    thresholds: dict[str, torch.Tensor],
-    feature_paths: Sequence[str | Path],
-    cfg: dict,
-    device: torch.device,
-) -> dict[str, float]:
-    """Held-out L0 under each reading of the threshold (BatchTopK's is ``l0_batch_topk``)."""
-    from insight.sae.thresholds import mean_l0
-
-    batches = [x.to(device) for x in heldout_batches(feature_paths, cfg)]
-    return {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
-
-
 def heldout_batches(feature_paths: Sequence[str | Path], cfg: dict) -> Iterator[torch.Tensor]:
     """One pass over the held-out images of the shards (``sae.holdout_fraction``)."""
     heldout = FeatureBatches(
@@ -378,9 +362,10 @@ def evaluate_heldout(
     feature_paths: Sequence[str | Path],
     cfg: dict,
     device: torch.device,
+    thresholds: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """:func:`evaluate` on the held-out images of the shards (``sae.holdout_fraction``)."""
-    return evaluate(sae.to(device), heldout_batches(feature_paths, cfg), device)
+    return evaluate(sae.to(device), heldout_batches(feature_paths, cfg), device, thresholds)
 
 
 def import_sae(
@@ -408,14 +393,19 @@ def import_sae(
 
 @torch.no_grad()
 def evaluate(
-    sae: MatryoshkaBatchTopKSAE, batches: Iterator[torch.Tensor], device: torch.device | str = "cpu"
+    sae: MatryoshkaBatchTopKSAE,
+    batches: Iterator[torch.Tensor],
+    device: torch.device | str = "cpu",
+    thresholds: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Held-out metrics: FVE overall and per Matryoshka prefix (thresholded codes), mean L0
     of the thresholded and of the BatchTopK codes, dead latents, and SAEBench's core
     metrics under their names (``saebench``: explained_variance, mse (per patch, summed
     over dimensions), cossim and l2_ratio (shrinkage, ||x_hat|| / ||x||) averaged over
-    patches, l0, frac_alive)."""
+    patches, l0, frac_alive). With ``thresholds`` (name -> threshold), the L0 under each one
+    too (``l0_by_threshold``), in the same pass over the batches."""
     cfg = sae.config
+    active_by_threshold = dict.fromkeys(thresholds or {}, 0)
     n = 0
     total = torch.zeros(cfg.d_in, dtype=torch.float64)
     total_sq = torch.zeros((), dtype=torch.float64)
@@ -427,6 +417,10 @@ def evaluate(
         x = batch.to(device)
         codes = sae.encode(x)
         topk_codes = sae.encode_batch_topk(x)
+        if thresholds:
+            pre = sae.pre_activations(x)
+            for name, threshold in thresholds.items():
+                active_by_threshold[name] += int(fires(pre, threshold).sum())
         x_hat = sae.decode(codes)
         cossim += torch.nn.functional.cosine_similarity(x_hat, x, dim=-1).double().sum().item()
         l2_ratio += (x_hat.norm(dim=-1) / x.norm(dim=-1).clamp(min=1e-12)).double().sum().item()
@@ -452,7 +446,9 @@ def evaluate(
         "l0": l0_threshold / n,
         "frac_alive": float(fired.float().mean()),
     }
+    by_threshold = {"l0_by_threshold": {k: v / n for k, v in active_by_threshold.items()}}
     return {
+        **(by_threshold if thresholds else {}),
         "saebench": saebench,
         "heldout_rows": n,
         "fve": fve[-1],
