@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+class RunNotFoundError(FileNotFoundError):
+    """A trained run's file is missing: the workflow has not been run far enough."""
+
+
+def require_run_files(needed: Mapping[str, Path], command: str) -> None:
+    """Raise :class:`RunNotFoundError` naming the first missing file of a finished run, what
+    it is and how to make it (the ``insight`` commands read runs)."""
+    for what, path in needed.items():
+        if not Path(path).exists():
+            raise RunNotFoundError(
+                f"{path} ({what}) is missing: run the workflow first, e.g. "
+                f"`snakemake --cores all {path}` with the same config (needed by insight {command})"
+            )
+
+
+def require_new_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder to create: an existing non-empty one is an error, never overwritten."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty: give a new folder")
+    return path
 
 
 def read_label_map(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:

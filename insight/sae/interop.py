@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from insight.core.io import atomic_dir, save_safetensors
+from insight.core.io import atomic_dir, require_new_folder, require_run_files, save_safetensors
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
 
 DICTIONARY_LEARNING_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "k", "group_sizes")
@@ -184,12 +184,10 @@ def export_run_sae(results: str | Path, out: str | Path, fmt: str) -> Path:
 
     from insight.sae.model import load_sae
 
-    results, out = Path(results), Path(out)
+    results = Path(results)
     weights = results / "models/sae.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} does not exist: train the SAE first (snakemake)")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty: give a new folder")
+    require_run_files({"sae": weights}, "export-sae")
+    out = require_new_folder(out)
     sae = load_sae(weights)
     names_path = results / "naming/names.parquet"
     names = None

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from insight.core.io import atomic_dir
+from insight.core.io import atomic_dir, require_new_folder, require_run_files
 from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
 
 EXPORTED_TABLES = {
@@ -109,11 +109,8 @@ def export_run(results: str | Path, out: str | Path, cfg: dict) -> Path:
         "sae.json": results / "models/sae.json",
         **{name: results / path for name, path in EXPORTED_TABLES.items()},
     }
-    for name, path in needed.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} ({name}) is missing: run the workflow first")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty: give a new folder")
+    require_run_files(needed, "export")
+    require_new_folder(out)
     report = json.loads(needed["sae.json"].read_text())
     metrics = report["metrics"]["heldout"]
     dinoiser = cfg["dinoiser"]

@@ -10,16 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from insight.core.io import require_run_files
 from insight.models.backbone import (
     BackboneSpec,
     backbone_spec,
 )
 from insight.models.frozen import FrozenModels, FrozenSpec, load_frozen
 from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
-
-
-class RunNotFoundError(FileNotFoundError):
-    """A trained run's file is missing: the workflow has not been run far enough."""
 
 
 @dataclasses.dataclass
@@ -53,12 +50,7 @@ def load_trained_run(
     if cfg["dinoiser"]["enabled"]:  # the released head when configured, else the trained one
         released = cfg["dinoiser"].get("checkpoint")
         needed["dinoiser"] = Path(released) if released else results / "models/dinoiser.safetensors"
-    for what, path in needed.items():
-        if not path.exists():
-            raise RunNotFoundError(
-                f"{path} ({what}) is missing: run the workflow first, e.g. "
-                f"`snakemake --cores all {path}` with the same config (needed by insight {command})"
-            )
+    require_run_files(needed, command)
     spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
     families = results / "hierarchy/families.parquet"
     return TrainedRun(

@@ -5,9 +5,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from insight.core.io import RunNotFoundError
 from insight.views.browser import build_browser
 from insight.views.explain import explain_image_file
-from insight.views.run import RunNotFoundError, load_trained_run
+from insight.views.run import load_trained_run
 
 
 def test_load_trained_run_names_the_missing_file_and_the_command(tiny_run, tmp_path):
