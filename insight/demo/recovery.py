@@ -87,22 +87,26 @@ def compare_naming_methods(
     name_inputs: dict, cfg: dict, threshold: float, top_concepts: int = 20
 ) -> dict:
     """The world-named share of the most frequent concepts under each naming method
-    (Eq. 6 ``decoder``, B.9 ``hierarchy``, the release's vector), on the same run."""
+    (Eq. 6 ``decoder``, B.9 ``hierarchy``, the release's vector), on the same run. The
+    configured method's names are read from the run's ``names.parquet``, not recomputed."""
     from insight.naming.names import name_concepts
 
     result = {}
     for method in ("decoder", "hierarchy", "release"):
-        table = name_concepts(
-            name_inputs["sae"],
-            name_inputs["families"],
-            name_inputs["totals"],
-            name_inputs["concepts"],
-            name_inputs["embeddings"],
-            name_inputs["index"],
-            {**cfg, "method": method},
-            name_inputs["cooccurrence"],
-            threshold,
-        )
+        if method == cfg["method"]:
+            table = pq.read_table(name_inputs["names"])
+        else:
+            table = name_concepts(
+                name_inputs["sae"],
+                name_inputs["families"],
+                name_inputs["totals"],
+                name_inputs["concepts"],
+                name_inputs["embeddings"],
+                name_inputs["index"],
+                {**cfg, "method": method},
+                name_inputs["cooccurrence"],
+                threshold,
+            )
         share = world_named_share(table, top_concepts)
         share["names"] = [r["name"] for r in share.pop("concepts")]
         result[method] = share

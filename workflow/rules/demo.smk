@@ -124,6 +124,7 @@ rule world_recovery:
 rule naming_methods:
     """The demo's concepts named by Eq. 6, B.9 and the release's vector, side by side."""
     input:
+        names="results/naming/names.parquet",
         sae="results/models/sae.safetensors",
         families="results/hierarchy/families.parquet",
         cooccurrence="results/hierarchy/cooccurrence.parquet",
