@@ -43,6 +43,8 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
+    noise_words: int = 0
+    noise_per_caption: int = 2
 
 
 def cosine_schedule(step: int, total: int, warmup: int) -> float:
@@ -53,6 +55,33 @@ def cosine_schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def noise_tails(
+    words: Sequence[str], captions: int, per_caption: int, rng: np.random.Generator
+) -> list[list[str]]:
+    """``per_caption`` words for each of ``captions`` captions, every word of ``words`` used
+    as often as every other (to within one)."""
+    if not words or per_caption == 0:
+        return [[] for _ in range(captions)]
+    slots = captions * per_caption
+    rounds = -(-slots // len(words))
+    pool = np.concatenate([rng.permutation(len(words)) for _ in range(rounds)])[:slots]
+    return [[words[j] for j in pool[i::captions]] for i in range(captions)]
+
+
+def with_noise_words(captions: Sequence[str], tails: Sequence[Sequence[str]]) -> list[str]:
+    """Each caption with its tail of noise words appended (its final full stop dropped)."""
+    return [
+        " ".join([caption.rstrip("."), *tail]) if tail else caption
+        for caption, tail in zip(captions, tails, strict=True)
+    ]
+
+
+def unused_words(words: Sequence[str], captions: Sequence[str]) -> list[str]:
+    """The ``words`` that no caption uses (as a whole, lower-cased word)."""
+    used = {token for caption in captions for token in caption.lower().replace(".", " ").split()}
+    return [w for w in words if w.lower() not in used]
+
+
 def train_clip(
     spec: BackboneSpec,
     images: torch.Tensor,
@@ -60,10 +89,17 @@ def train_clip(
     config: ClipTrainConfig,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
+    noise_words: Sequence[str] = (),
 ) -> tuple[nn.Module, dict]:
     """Train the open_clip model of ``spec`` (from its initial weights) on ``images``
     (N, H, W, 3) uint8 at the model's input size and their ``captions``; batches are
     normalised by the model's own transform (:class:`insight.features.BatchTransform`).
+
+    With ``noise_words``, every epoch appends ``config.noise_per_caption`` of them to each
+    caption, drawn afresh (:func:`noise_tails`), as web captions carry words that do not
+    describe the picture: the text tower meets every such word with every kind of image,
+    so it learns them as words that say nothing about the picture. Naming then scores
+    words the CLIP has met instead of untrained embeddings.
 
     Returns the model (eval mode) and metrics: the loss per epoch and the final
     image->text retrieval accuracy on the training batches (a sanity check, not a
@@ -78,7 +114,7 @@ def train_clip(
     model, preprocess, tokenizer = load_clip(spec, device)
     model.train().requires_grad_(True)
     transform = BatchTransform(preprocess)
-    tokens = tokenizer(list(captions)).to(device)
+    word_rng = np.random.default_rng(config.seed)
     loss_fn = open_clip.ClipLoss()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
@@ -98,6 +134,8 @@ def train_clip(
     losses, correct, seen = [], 0, 0
     for epoch in range(config.epochs):
         order = torch.randperm(len(images), generator=generator)
+        tails = noise_tails(noise_words, len(captions), config.noise_per_caption, word_rng)
+        tokens = tokenizer(with_noise_words(captions, tails)).to(device)
         epoch_loss, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -120,6 +158,7 @@ def train_clip(
     model.eval().requires_grad_(False)
     metrics = {
         "pairs": len(images),
+        "noise_words": len(noise_words),
         "epochs": config.epochs,
         "loss_per_epoch": losses,
         "final_batch_retrieval_accuracy": correct / max(seen, 1),
@@ -178,7 +217,13 @@ def train_clip_from_pairs(
         bar.update(1)
         log.info("epoch %d: contrastive loss %.4f", epoch, loss)
 
-    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch)
+    noise = []
+    if config.noise_words:
+        from insight.naming.vocabulary import wordfreq_terms
+
+        noise = unused_words(wordfreq_terms(config.noise_words), captions)
+        log.info("%d noise words (the most frequent English words no caption uses)", len(noise))
+    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch, noise)
     bar.close()
     save_clip(model, out_path, {"model": spec.model, "pairs": str(pairs_csv)})
     return {**metrics, "model": spec.model, "config": dataclasses.asdict(config)}

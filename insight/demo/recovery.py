@@ -53,11 +53,18 @@ def world_recovery(
     naming["concepts"] = [
         {**r, "part": part[r["concept"]], "object": obj[r["concept"]]} for r in naming["concepts"]
     ]
+    name_of = concept_names(names)
+    for kind, labels in (("part", part), ("object", obj)):
+        labelled = [c for c, label in enumerate(labels) if label is not None]
+        named = sum(world.is_world_name(name_of.get(c)) for c in labelled)
+        naming[f"{kind}_concepts"] = len(labelled)
+        naming[f"{kind}_concepts_world_named"] = named
+        naming[f"{kind}_concepts_world_named_fraction"] = named / len(labelled) if labelled else 0.0
     edges = sorted(load_families(families_path).edges)
     return {
         "images": len(pairs),
         "naming": naming,
-        "families": world.family_recovery(edges, part, obj, concept_names(names)),
+        "families": world.family_recovery(edges, part, obj, name_of),
     }
 
 

@@ -430,6 +430,19 @@ def planted_edges(
     return [(p, c) for p, c in edges if part[c] is not None and obj[p] == PART_OF[part[c]]]
 
 
+PLANTED_PAIRS = tuple(f"{obj} {part}" for obj, parts in OBJECT_PARTS.items() for part in parts)
+
+
+def planted_pair_counts(
+    edges: list[tuple[int, int]], part: list[str | None], obj: list[str | None]
+) -> np.ndarray:
+    """How many of ``edges`` plant each (object, part) pair, in :data:`PLANTED_PAIRS` order."""
+    counts = np.zeros(len(PLANTED_PAIRS), np.int64)
+    for p, c in planted_edges(edges, part, obj):
+        counts[PLANTED_PAIRS.index(f"{obj[p]} {part[c]}")] += 1
+    return counts
+
+
 def shuffled_planted_edges(
     edges: list[tuple[int, int]],
     part: list[str | None],
@@ -437,22 +450,21 @@ def shuffled_planted_edges(
     rounds: int = 1000,
     seed: int = 0,
 ) -> np.ndarray:
-    """The planted-edge counts of ``rounds`` random pairings: the same parents and
-    children, parents shuffled among the edges (the count expected by chance)."""
+    """The planted-edge counts per pair ``(rounds, len(PLANTED_PAIRS))`` of ``rounds``
+    random pairings: the same parents and children, parents shuffled among the edges
+    (the counts expected by chance)."""
     rng = np.random.default_rng(seed)
     parents = np.array([p for p, _ in edges], np.int64)
     children = [c for _, c in edges]
     return np.array(
         [
-            len(
-                planted_edges(
-                    list(zip(rng.permutation(parents).tolist(), children, strict=True)), part, obj
-                )
+            planted_pair_counts(
+                list(zip(rng.permutation(parents).tolist(), children, strict=True)), part, obj
             )
             for _ in range(rounds if edges else 0)
         ],
         np.int64,
-    )
+    ).reshape(-1, len(PLANTED_PAIRS))
 
 
 def family_recovery(
@@ -460,24 +472,44 @@ def family_recovery(
     part: list[str | None],
     obj: list[str | None],
     name_of: dict[int, str] | None = None,
+    alpha: float = 0.01,
 ) -> dict:
     """The recovery report's ``families`` section: the family edges (parent, child) that
     mirror the part-of structure (:func:`planted_edges`), the (object, part) pairs they
     cover (of 8), the mean count with shuffled parents and the permutation p-value (the
-    share of shuffles that plant as many edges or more), and each planted edge with its
-    concepts' names (``name_of``) and labels."""
+    share of shuffles that plant as many edges or more), the same per pair (``pairs``),
+    the pairs and objects significant at ``alpha`` on their own, and each planted edge
+    with its concepts' names (``name_of``) and labels."""
     name_of = name_of or {}
     planted = planted_edges(edges, part, obj)
+    by_pair = planted_pair_counts(edges, part, obj)
     shuffled = shuffled_planted_edges(edges, part, obj)
+    totals = shuffled.sum(1)
+
+    def p_value(null: np.ndarray, observed: int) -> float:
+        return float((null >= observed).mean()) if len(null) else 1.0
+
+    pairs = {
+        pair: {
+            "planted_edges": int(by_pair[i]),
+            "shuffled_parents": float(shuffled[:, i].mean()) if len(shuffled) else 0.0,
+            "p_value": p_value(shuffled[:, i], int(by_pair[i])) if by_pair[i] else 1.0,
+        }
+        for i, pair in enumerate(PLANTED_PAIRS)
+    }
+    significant = sorted(pair for pair, row in pairs.items() if row["p_value"] < alpha)
     return {
         "edges": len(edges),
         "object_concepts": sum(o is not None for o in obj),
         "part_concepts": sum(p is not None for p in part),
         "object_to_part_edges": sum(1 for p, c in edges if obj[p] and part[c]),
         "planted_edges": len(planted),
-        "planted_edges_shuffled_parents": float(shuffled.mean()) if len(shuffled) else 0.0,
-        "p_value": float((shuffled >= len(planted)).mean()) if len(shuffled) else 1.0,
+        "planted_edges_shuffled_parents": float(totals.mean()) if len(totals) else 0.0,
+        "p_value": p_value(totals, len(planted)),
         "planted_pairs": sorted({f"{obj[p]} {part[c]}" for p, c in planted}),
+        "pairs": pairs,
+        "significant_pairs": significant,
+        "significant_objects": sorted({pair.split()[0] for pair in significant}),
         "examples": [
             {
                 "parent": p,

@@ -8,7 +8,8 @@ else; zeroing it removes exactly its contribution.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import networkx as nx
@@ -17,6 +18,7 @@ import torch
 
 from insight.data.images import read_rgb_image
 from insight.hierarchy.families import family_graph
+from insight.models.frozen import FrozenModels
 from insight.naming.names import concept_names
 from insight.sae.model import MatryoshkaBatchTopKSAE
 from insight.tasks.captioning import build_captioner
@@ -32,20 +34,15 @@ def caption_image_file(
 ) -> dict:
     """``insight caption``: the INSIGHT captioner's caption of one image, and with
     ``requests`` ((name, factor) pairs) the caption after scaling those concepts."""
-    from insight.core.io import load_safetensors, read_json
     from insight.tasks.captioner import pool_tokens
     from insight.views.heatmaps import image_codes
 
     run = load_trained_run(cfg, results, "caption", ["models/captioner/insight"])
     models, sae, device = run.models, run.sae, run.device
     scales = scales_by_name(run.names, requests, run.families, with_family)
-    folder = run.results / "models/captioner/insight"
-    settings = read_json(folder / "adapter.json")
-    captioner, tokenizer = build_captioner(
-        str(folder / "language_model"), settings["d_in"], settings
+    captioner, tokenizer, settings = load_captioner(
+        run.results / "models/captioner/insight", device
     )
-    captioner.adapter.load_state_dict(load_safetensors(folder / "adapter.safetensors")[0])
-    captioner.to(device).eval()
     image = read_rgb_image(image_path)
     _, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
 
@@ -61,6 +58,76 @@ def caption_image_file(
         "scaled_concepts": {str(c): f for c, f in sorted(scales.items())},
         "scaled_activation": float(codes[:, list(scales)].sum()) if scales else 0.0,
     }
+
+
+def load_captioner(folder: str | Path, device: torch.device | str = "cpu"):
+    """A trained captioner folder (``train_captioner``'s output): the captioner in eval
+    mode, its tokenizer and its settings (``adapter.json``)."""
+    from insight.core.io import load_safetensors, read_json
+
+    folder = Path(folder)
+    settings = read_json(folder / "adapter.json")
+    captioner, tokenizer = build_captioner(
+        str(folder / "language_model"), settings["d_in"], settings
+    )
+    captioner.adapter.load_state_dict(load_safetensors(folder / "adapter.safetensors")[0])
+    return captioner.to(device).eval(), tokenizer, settings
+
+
+def test_split_steering(
+    captioner_dir: str | Path,
+    models: FrozenModels,
+    sae: MatryoshkaBatchTopKSAE,
+    names: pa.Table,
+    families: pa.Table | None,
+    cfg: dict,
+    device: torch.device,
+) -> dict:
+    """:func:`steering_study` on the Karpathy test split with the trained INSIGHT
+    captioner, the targets and factor of ``cfg["steering"]`` (the captioning section)."""
+    from insight.data.batches import decoded_batches
+    from insight.data.benchmarks import karpathy_split
+    from insight.data.images import ImageRef
+    from insight.models.backbone import patch_grid
+    from insight.tasks.captioner import pool_tokens
+
+    captioner, tokenizer, settings = load_captioner(captioner_dir, device)
+    rows = karpathy_split(cfg["split_file"], cfg["images_root"], "test", cfg["images"]["test"])
+    refs = [ImageRef(image_id, path) for image_id, path, _ in rows]
+    references = {image_id: sentences for image_id, _, sentences in rows}
+    codes, ids, grid = [], [], None
+    with torch.no_grad():
+        for good, pixels, _ in decoded_batches(refs, models.transform, settings["batch_size"]):
+            if pixels is None:
+                continue
+            x = models.transform.batch(pixels, device)
+            grid = patch_grid(models.encoder.visual, *x.shape[-2:])
+            codes += list(sae.encode(models.encoder(x)))
+            ids += [ref.image_id for ref in good]
+
+    def caption(batch: Sequence[torch.Tensor]) -> list[str]:
+        out = []
+        for start in range(0, len(batch), settings["batch_size"]):
+            chunk = torch.stack(list(batch[start : start + settings["batch_size"]]))
+            tokens = pool_tokens(sae.decode(chunk), grid)
+            out += captioner.generate(tokens, tokenizer, settings["max_new_tokens"])
+        return out
+
+    steer = cfg["steering"]
+    result = steering_study(
+        codes,
+        [references[i] for i in ids],
+        caption,
+        steer["targets"],
+        names,
+        families,
+        steer["with_family"],
+        steer["factor"],
+    )
+    for entry in result["targets"].values():
+        for example in entry.get("examples", []):
+            example["image"] = ids[example["image"]]
+    return result
 
 
 class UnknownConceptError(KeyError):
@@ -117,3 +184,91 @@ def scales_by_name(
         for concept in concepts_named(names, name, families, with_family):
             scales[concept] = factor
     return scales
+
+
+def mentions(text: str, word: str) -> bool:
+    """``word`` (one or more words) occurs in ``text`` as whole words, case-insensitively."""
+    tokens = re.findall(r"[\w']+", text.lower())
+    wanted = word.lower().split()
+    return any(tokens[i : i + len(wanted)] == wanted for i in range(len(tokens)))
+
+
+def concepts_with_words(
+    names: pa.Table,
+    words: Iterable[str],
+    families: pa.Table | None = None,
+    with_family: bool = False,
+) -> list[int]:
+    """The concepts whose name contains any of ``words`` as a whole word (``car`` matches
+    ``red car`` and ``car wheel``, not ``carpet``), with their family descendants when
+    ``with_family``."""
+    words = list(words)
+    found = {
+        c
+        for c, name in concept_names(names).items()
+        if name and any(mentions(name, w) for w in words)
+    }
+    if with_family and found:
+        graph = family_graph(families)
+        found |= {d for c in found if c in graph for d in nx.descendants(graph, c)}
+    return sorted(found)
+
+
+def steering_study(
+    codes: Sequence[torch.Tensor],
+    references: Sequence[Sequence[str]],
+    caption: Callable[[Sequence[torch.Tensor]], list[str]],
+    targets: Mapping[str, Sequence[str]],
+    names: pa.Table,
+    families: pa.Table | None = None,
+    with_family: bool = False,
+    factor: float = 0.0,
+    seed: int = 0,
+) -> dict:
+    """Steer captions by named concepts (Sec. 4.3, Fig. 6) over a set of test images.
+
+    ``codes`` holds each image's thresholded codes (N, m); ``caption`` maps a list of codes to
+    captions. For every target word (``{"car": ["car", "wheel", "body"]}``: the word and the
+    concept names that stand for it), the concepts named with those words (and their family
+    descendants) are scaled by ``factor`` on the images whose reference captions mention the
+    word. Reported per word: how many of those captions changed and how many no longer
+    mention the word; and, as a control, the same counts when as many *other* concepts,
+    drawn at random among those active on the images, are scaled instead."""
+    generator = torch.Generator().manual_seed(seed)
+    before = caption(codes)
+    report = {}
+    for word, concept_words in targets.items():
+        chosen = concepts_with_words(names, concept_words, families, with_family)
+        images = [i for i, refs in enumerate(references) if any(mentions(r, word) for r in refs)]
+        entry = {
+            "concept_words": list(concept_words),
+            "concepts": len(chosen),
+            "images": len(images),
+        }
+        if not chosen or not images:
+            report[word] = {**entry, "changed_fraction": None, "removed_fraction": None}
+            continue
+        active = torch.zeros(codes[0].shape[-1], dtype=torch.bool)
+        for i in images:
+            active |= (codes[i] > 0).any(0)
+        active[chosen] = False
+        others = torch.nonzero(active).flatten()
+        control = others[torch.randperm(len(others), generator=generator)[: len(chosen)]].tolist()
+        results = {}
+        for label, concepts in (("", chosen), ("control_", control)):
+            scales = dict.fromkeys(concepts, factor)
+            after = caption([scale_concepts(codes[i], scales) for i in images])
+            changed = [a != before[i] for a, i in zip(after, images, strict=True)]
+            removed = [
+                mentions(before[i], word) and not mentions(a, word)
+                for a, i in zip(after, images, strict=True)
+            ]
+            results[f"{label}changed_fraction"] = sum(changed) / len(images)
+            results[f"{label}removed_fraction"] = sum(removed) / len(images)
+            if not label:
+                results["examples"] = [
+                    {"image": i, "caption": before[i], "steered_caption": a}
+                    for a, i in list(zip(after, images, strict=True))[:5]
+                ]
+        report[word] = {**entry, **results}
+    return {"factor": factor, "with_family": with_family, "images": len(codes), "targets": report}

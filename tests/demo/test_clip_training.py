@@ -1,10 +1,19 @@
 """Contrastive training of the demo CLIP (insight.clip_training)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from insight.demo.clip_training import ClipTrainConfig, cosine_schedule, save_clip, train_clip
+from insight.demo.clip_training import (
+    ClipTrainConfig,
+    cosine_schedule,
+    noise_tails,
+    save_clip,
+    train_clip,
+    unused_words,
+    with_noise_words,
+)
 from insight.models.backbone import BackboneSpec, load_clip
 
 TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
@@ -56,6 +65,31 @@ def test_training_aligns_images_with_their_captions_and_reloads_from_the_checkpo
         assert torch.allclose(
             F.normalize(reloaded.encode_image(probe), dim=-1), image_embedding, atol=1e-5
         )
+
+
+def test_noise_words_are_spread_evenly_and_only_words_no_caption_uses():
+    words = [f"w{i}" for i in range(7)]
+    tails = noise_tails(words, captions=10, per_caption=2, rng=np.random.default_rng(0))
+    assert [len(t) for t in tails] == [2] * 10
+    uses = [sum(t.count(w) for t in tails) for w in words]
+    assert sum(uses) == 20 and max(uses) - min(uses) <= 1
+    again = noise_tails(words, 10, 2, np.random.default_rng(1))
+    assert again != tails  # drawn afresh with another draw (every epoch)
+    assert noise_tails([], 3, 2, np.random.default_rng(0)) == [[], [], []]
+    assert with_noise_words(["a red car.", "sky"], [["time", "people"], []]) == [
+        "a red car time people",
+        "sky",
+    ]
+    assert unused_words(["car", "time", "Red"], ["a red car.", "the car"]) == ["time"]
+
+
+def test_noise_words_leave_training_working_and_are_counted():
+    torch.manual_seed(0)
+    images, captions = colour_pairs(32)
+    config = ClipTrainConfig(epochs=6, batch_size=16, lr=2e-3, warmup_steps=2)
+    model, metrics = train_clip(TINY, images, captions, config, noise_words=["time", "people"])
+    assert metrics["noise_words"] == 2
+    assert metrics["loss_per_epoch"][-1] < metrics["loss_per_epoch"][0]
 
 
 def test_training_refuses_mismatched_or_too_few_pairs():

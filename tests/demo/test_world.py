@@ -146,7 +146,13 @@ def test_planted_edges_are_object_parent_and_part_child():
     # 2 (house) -> 0 (wheel): wrong object; 3 -> 2: unlabelled parent; 5 -> 4 (body): planted
     assert world.planted_edges(edges, part, obj) == [(5, 0), (5, 4)]
     shuffled = world.shuffled_planted_edges(edges, part, obj, rounds=200)
-    assert len(shuffled) == 200 and shuffled.min() >= 0 and shuffled.max() <= len(edges)
+    assert (
+        shuffled.shape == (200, 8) and shuffled.min() >= 0 and shuffled.sum(1).max() <= len(edges)
+    )
+    counts = dict(
+        zip(world.PLANTED_PAIRS, world.planted_pair_counts(edges, part, obj), strict=True)
+    )
+    assert counts["car wheel"] == counts["car body"] == 1 and sum(counts.values()) == 2
     assert len(world.shuffled_planted_edges([], part, obj)) == 0
     assert world.is_world_name("red car") and world.is_world_name("wheel")
     assert not world.is_world_name("happiness") and not world.is_world_name(None)
@@ -245,8 +251,32 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     assert 1.5 < families["planted_edges_shuffled_parents"] < 2.5
     assert families["p_value"] < 0.01
 
+    assert [row["planted_edges"] for row in families["pairs"].values()] == [1] * 8
+    assert sum(row["shuffled_parents"] for row in families["pairs"].values()) == pytest.approx(
+        families["planted_edges_shuffled_parents"]
+    )
+
     shuffled_truth = world.family_recovery(edges, part, obj[1:] + obj[:1])  # objects renamed
     assert shuffled_truth["planted_edges"] == 0 and shuffled_truth["p_value"] == 1.0
+    assert shuffled_truth["significant_pairs"] == shuffled_truth["significant_objects"] == []
+
+
+def test_a_pair_is_significant_on_its_own_when_its_edges_beat_its_shuffles():
+    """Ten object concepts each with their own part children: the house's roof edges
+    (many, all planted) are significant alone; one tree edge among many is not."""
+    houses, roofs, trees = range(0, 10), range(10, 20), range(20, 30)
+    part = [None] * 10 + ["roof"] * 10 + ["leaves"] * 10 + [None] * 10
+    obj = ["house"] * 10 + [None] * 20 + ["tree"] * 10
+    edges = [(h, r) for h, r in zip(houses, roofs, strict=True)]
+    edges += [(30, trees[0])] + [(31 + i, 32 + i) for i in range(8)]  # 1 planted, 8 not
+    report = world.family_recovery(edges, part, obj)
+    assert report["pairs"]["house roof"]["planted_edges"] == 10
+    assert report["pairs"]["house roof"]["p_value"] < 0.01
+    assert report["pairs"]["tree leaves"]["planted_edges"] == 1
+    assert report["pairs"]["tree leaves"]["p_value"] > 0.01
+    assert report["significant_pairs"] == ["house roof"] and report["significant_objects"] == [
+        "house"
+    ]
 
 
 def test_read_label_map_keeps_palette_ids_and_resizes_nearest(tmp_path):

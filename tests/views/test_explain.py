@@ -17,9 +17,12 @@ from insight.views.explain import (
 from insight.views.steering import (
     UnknownConceptError,
     concepts_named,
+    concepts_with_words,
+    mentions,
     scale_concepts,
     scales_by_name,
     steered_reconstruction,
+    steering_study,
 )
 
 
@@ -109,6 +112,38 @@ def test_concepts_are_found_by_name_with_their_family():
     assert scales_by_name(NAMES, [("cat", 0.0), ("sky", 2.0)]) == {0: 0.0, 2: 0.0, 3: 2.0}
     with pytest.raises(UnknownConceptError, match=r"no concept is named 'kat'.*'cat'"):
         concepts_named(NAMES, "kat")
+
+
+def test_names_are_matched_by_whole_words():
+    assert mentions("a red car on grass", "car") and mentions("A Red Car.", "red car")
+    assert not mentions("a carpet", "car") and not mentions("a car red", "red car")
+    names = pa.table({"concept": [0, 1, 2, 3], "name": ["red car", "carpet", "car wheel", None]})
+    assert concepts_with_words(names, ["car"]) == [0, 2]
+    assert concepts_with_words(NAMES, ["cat"], FAMILIES, with_family=True) == [0, 1, 2, 5]
+
+
+def test_steering_study_counts_changed_and_removed_captions_against_a_control():
+    """A captioner that says "cat" while concept 0 or 2 fires, "sky" otherwise: zeroing
+    the cat concepts changes and removes "cat" on every image whose references mention
+    it; the control zeroes as many other active concepts and changes nothing."""
+    codes = [torch.zeros(3, 6) for _ in range(4)]
+    for i, concept in enumerate([0, 2, 3, 0]):
+        codes[i][:, concept] = 1.0
+    for c in codes:
+        c[:, 4] = 0.5  # active everywhere, the control's only choice besides 3
+    references = [["a cat"], ["the cat sat"], ["blue sky"], ["a dog"]]  # image 3: no cat said
+
+    def caption(batch):
+        return ["a cat" if (z[:, [0, 2]] > 0).any() else "a sky" for z in batch]
+
+    report = steering_study(codes, references, caption, {"cat": ["cat"]}, NAMES, FAMILIES, True)
+    cat = report["targets"]["cat"]
+    assert (cat["concepts"], cat["images"]) == (4, 2)  # 0 and 2, with 1 and 5 from the family
+    assert cat["changed_fraction"] == cat["removed_fraction"] == 1.0
+    assert cat["control_changed_fraction"] == 0.0
+    assert cat["examples"][0] == {"image": 0, "caption": "a cat", "steered_caption": "a sky"}
+    missing = steering_study(codes, references, caption, {"dog": ["wolf"]}, NAMES)
+    assert missing["targets"]["dog"]["changed_fraction"] is None
 
 
 def test_zeroing_a_concept_removes_exactly_its_contribution(sae, codes):

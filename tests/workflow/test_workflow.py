@@ -58,6 +58,7 @@ DOWNSTREAM_OF_FEATURES = {
     "caption_tokens": 1,
     "train_captioner": 2,
     "captioning_table": 1,
+    "caption_steering": 1,
     "browser": 1,
     "world_recovery": 1,
     "naming_methods": 1,
@@ -548,9 +549,18 @@ def test_demo_captioning_table_and_steering(demo_run):
     for row in rows.values():
         assert 0 <= float(row["bleu4"]) <= 1 and float(row["cider"]) >= 0
         assert 0 <= float(row["meteor"]) <= 1
-        assert 0 < float(row["distinct_fraction"]) <= 1 and row["collapsed"] in ("True", "False")
+        assert float(row["distinct_fraction"]) >= 0.8 and row["collapsed"] == "False"
     result = json.loads((demo_run / "results/captioning/insight.json").read_text())
-    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in result["history"]] == list(range(1, 13))
+    steering = json.loads((demo_run / "results/captioning/steering.json").read_text())
+    assert steering["images"] == 40 and steering["factor"] == 0.0
+    assert set(steering["targets"]) == {"house", "tree", "car", "mushroom"}
+    for word, entry in steering["targets"].items():
+        assert entry["images"] > 0, word  # test images whose references mention it
+        if entry["concepts"]:
+            changed = [e["caption"] != e["steered_caption"] for e in entry["examples"]]
+            assert entry["changed_fraction"] >= sum(changed) / entry["images"]
+            assert 0 <= entry["removed_fraction"] <= entry["changed_fraction"]
     names = duckdb.sql(
         f"select name from '{demo_run}/results/naming/names.parquet' "
         "where name is not null order by frequency desc limit 1"

@@ -51,6 +51,35 @@ rule train_captioner:
         "../scripts/train_captioner.py"
 
 
+rule caption_steering:
+    """Zero the concepts named for each target word; how the test captions change (Fig. 6)."""
+    input:
+        weights=backbone_weights,
+        sae="results/models/sae.safetensors",
+        dinoiser=dinoiser_weights,
+        names="results/naming/names.parquet",
+        families="results/hierarchy/families.parquet",
+        captioner="results/models/captioner/insight",
+        data=captioning_data,
+    output:
+        "results/captioning/steering.json",
+    log:
+        "logs/caption_steering.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=config["resources"]["gpus"],
+    params:
+        cfg=config["captioning"],
+        backbone=config["backbone"],
+        device=config["device"],
+        gamma=config["dinoiser"]["gamma"],
+        code=script_version("caption_steering"),
+    script:
+        "../scripts/caption_steering.py"
+
+
 rule captioning_table:
     """results/captioning_table.csv: BLEU-4, CIDEr, METEOR per method (Fig. 6 top)."""
     input:

@@ -278,6 +278,8 @@ def all_targets():
         targets.append("results/classification_table.csv")
     if config["captioning"]["split_file"]:
         targets.append("results/captioning_table.csv")
+        if config["captioning"]["steering"]["targets"]:
+            targets.append("results/captioning/steering.json")
     if config["browser"]["enabled"]:
         targets.append("results/browser")
     targets.append("results/report/training_curves.png")
