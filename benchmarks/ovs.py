@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from _common import best_time, cuda_sync, machine, report
 from _common import parser as benchmark_parser
@@ -24,7 +23,7 @@ from insight.core.runtime import resolve_device
 from insight.data.batches import BatchTransform
 from insight.data.benchmarks import DATASETS, list_pairs
 from insight.demo.layouts import make_voc_dataset
-from insight.models.backbone import BackboneSpec, load_clip
+from insight.models.backbone import BackboneSpec, load_clip, open_clip_models
 from insight.models.dense import DenseEncoder
 from insight.models.dinoiser import DINOiser
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
@@ -69,9 +68,11 @@ def main() -> None:
 
         # open_clip's encode_image needs a model built for the window size (the evaluation
         # interpolates the positional embedding instead): same architecture, same cost
-        bare = open_clip.create_model(
-            args.model, force_image_size=config.window, device=device
-        ).eval()
+        bare = (
+            open_clip_models()
+            .create_model(args.model, force_image_size=config.window, device=device)
+            .eval()
+        )
 
         @torch.no_grad()
         def baseline() -> None:

@@ -27,10 +27,7 @@ from insight.core.io import save_safetensors
 from insight.core.logs import progress
 from insight.core.settings import from_config
 from insight.data.batches import BatchTransform
-from insight.models.backbone import (
-    BackboneSpec,
-    load_clip,
-)
+from insight.models.backbone import BackboneSpec, load_clip, open_clip_models
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +102,7 @@ def train_clip(
     image->text retrieval accuracy on the training batches (a sanity check, not a
     benchmark). Deterministic for a given seed on one thread count.
     """
-    import open_clip
-
+    open_clip = open_clip_models()
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     if len(images) < config.batch_size:
@@ -192,8 +188,9 @@ def train_clip_from_pairs(
 ) -> dict:
     """Train ``spec.model`` from scratch on a CSV of (path, caption) pairs and save its
     weights (safetensors) for ``backbone.checkpoint``; returns the training metrics."""
-    import open_clip
     import pyarrow.csv as pcsv
+
+    open_clip = open_clip_models()
 
     table = pcsv.read_csv(pairs_csv)
     missing = {"path", "caption"} - set(table.column_names)

@@ -9,11 +9,11 @@ patch (d = 512 for ViT-B/16), in CLIP's joint space.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +21,16 @@ from torch import nn
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 
-for _config in sorted(MODEL_CONFIG_DIR.glob("*.json")):
-    open_clip.add_model_config(_config)
+@functools.cache
+def open_clip_models():
+    """The ``open_clip`` module with the project's model configs registered. Imported on
+    first use, not with this module: open_clip pulls in torchvision and transformers
+    (about 3 s), which jobs that find their dataset absent never need."""
+    import open_clip
+
+    for config in sorted(MODEL_CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(config)
+    return open_clip
 
 
 RANDOM_INIT_SEED = 0
@@ -60,6 +68,7 @@ def load_clip(
     A missing weight raises :class:`MissingWeightsError` naming the file to download and
     the config keys that point to it.
     """
+    open_clip = open_clip_models()
     if spec.model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {spec.model!r} (backbone.model)")
     pretrained = spec.checkpoint or spec.pretrained or None
