@@ -65,7 +65,13 @@ def train_sae_from_shards(
     config = sae_config(cfg, d_in)
     train = from_config(TrainConfig, cfg)
     data = FeatureBatches(
-        paths, train.batch_size, "train", cfg["holdout_fraction"], cfg["shuffle_buffer"], train.seed
+        paths,
+        train.batch_size,
+        "train",
+        cfg["holdout_fraction"],
+        cfg["shuffle_buffer"],
+        train.seed,
+        cfg["calibration_fraction"],
     )
     key = hashlib.sha256(json.dumps([cfg, paths], sort_keys=True).encode()).hexdigest()[:16]
     checkpoint = Path(checkpoint_dir) / f"sae-{key}.pt"
@@ -96,14 +102,33 @@ def train_sae_from_shards(
     bar.close()
     if not history or history[-1]["step"] != trainer.global_step:
         history.append({"step": trainer.global_step, **last})
-    thresholds, train_l0 = set_inference_threshold(trainer.sae, data, cfg, device)
+    calibration = (
+        FeatureBatches(
+            paths,
+            train.batch_size,
+            "calibration",
+            cfg["holdout_fraction"],
+            seed=train.seed,
+            calibration_fraction=cfg["calibration_fraction"],
+        )
+        if cfg["calibration_fraction"] > 0
+        else data
+    )
+    thresholds, calibration_l0 = set_inference_threshold(trainer.sae, calibration, cfg, device)
     metrics = {
         "train_last_step": last,
         "steps": trainer.global_step,
         "train_rows_per_epoch": data.count_rows(),
         "heldout": evaluate_heldout(trainer.sae, paths, cfg, device, thresholds),
-        "train_l0_by_threshold": train_l0,
+        "threshold_calibrated_on": calibration.split,
+        "train_l0_by_threshold": (
+            calibration_l0
+            if calibration is data
+            else threshold_l0(trainer.sae, data, cfg, device, thresholds)
+        ),
     }
+    if calibration is not data:
+        metrics["calibration_l0_by_threshold"] = calibration_l0
     metrics["heldout_l0_by_threshold"] = metrics["heldout"].pop("l0_by_threshold")
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
@@ -118,24 +143,51 @@ def train_sae_from_shards(
 log = logging.getLogger(__name__)
 
 
-def held_out_mask(image_ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
-    """Rows whose *image* is held out: a stable hash of ``image_id`` (crc32 mod 10,000) below
-    ``fraction`` * 10,000, so all patches of an image fall on the same side."""
+def image_buckets(image_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Each row's bucket: a stable hash of its ``image_id`` (crc32 mod 10,000), so all patches
+    of an image fall in the same split."""
     if isinstance(image_ids, pa.ChunkedArray):
         image_ids = image_ids.combine_chunks()
     encoded = pc.dictionary_encode(image_ids)
     buckets = np.array(
         [zlib.crc32(s.encode()) % 10_000 for s in encoded.dictionary.to_pylist()], dtype=np.int64
     )
-    per_image = buckets < round(fraction * 10_000)
-    return per_image[encoded.indices.to_numpy(zero_copy_only=False)]
+    return buckets[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def held_out_mask(image_ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """Rows whose *image* is held out: its bucket (:func:`image_buckets`) below
+    ``fraction`` * 10,000."""
+    return image_buckets(image_ids) < round(fraction * 10_000)
+
+
+SPLITS = ("train", "heldout", "calibration")
+
+
+def split_mask(
+    image_ids: pa.Array | pa.ChunkedArray,
+    split: str,
+    holdout_fraction: float,
+    calibration_fraction: float = 0.0,
+) -> np.ndarray:
+    """Rows of ``split`` by image: ``heldout`` below ``holdout_fraction`` of the buckets,
+    ``calibration`` the next ``calibration_fraction``, ``train`` the rest."""
+    buckets = image_buckets(image_ids)
+    held = round(holdout_fraction * 10_000)
+    calibration = held + round(calibration_fraction * 10_000)
+    if split == "heldout":
+        return buckets < held
+    if split == "calibration":
+        return (buckets >= held) & (buckets < calibration)
+    return buckets >= calibration
 
 
 class FeatureBatches:
     """Seeded batches of patch embeddings from feature shards, for one split.
 
     Each epoch visits the row groups of all shards in a seeded random order, keeps the
-    rows of the split (``train`` or ``heldout``, by image), and shuffles them through a
+    rows of the split (``train``, ``heldout`` or ``calibration``, by image:
+    :func:`split_mask`), and shuffles them through a
     buffer of ``shuffle_buffer`` rows; the last incomplete batch is dropped in training.
     """
 
@@ -147,13 +199,15 @@ class FeatureBatches:
         holdout_fraction: float = 0.1,
         shuffle_buffer: int = 262_144,
         seed: int = 0,
+        calibration_fraction: float = 0.0,
     ):
-        if split not in ("train", "heldout"):
-            raise ValueError("split must be 'train' or 'heldout'")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.paths = [str(p) for p in paths]
         self.batch_size = batch_size
         self.split = split
         self.holdout_fraction = holdout_fraction
+        self.calibration_fraction = calibration_fraction
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.seed = seed
         self.row_groups = [
@@ -168,8 +222,11 @@ class FeatureBatches:
         rows = embeddings_of(table)
         if not np.isfinite(rows).all():
             raise FloatingPointError(f"non-finite feature values in {path}, row group {group}")
-        held = held_out_mask(table["image_id"], self.holdout_fraction)
-        return rows[held if self.split == "heldout" else ~held]
+        return rows[
+            split_mask(
+                table["image_id"], self.split, self.holdout_fraction, self.calibration_fraction
+            )
+        ]
 
     def count_rows(self) -> int:
         return sum(len(self._rows(p, g)) for p, g in self.row_groups)
@@ -324,25 +381,48 @@ class SAETrainer:
         return True
 
 
+def first_rows(data: FeatureBatches, rows: int, device: torch.device) -> list[torch.Tensor]:
+    """The batches of ``data`` (unshuffled) up to ``rows`` rows, on ``device``."""
+    batches, seen = [], 0
+    for x in data.epoch(0, shuffle=False, drop_last=False):
+        batches.append(x.to(device))
+        seen += x.shape[0]
+        if seen >= rows:
+            break
+    return batches
+
+
 def set_inference_threshold(
     sae: MatryoshkaBatchTopKSAE, data: FeatureBatches, cfg: dict, device: torch.device
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Every reading of the inference threshold for the trained ``sae``, calibrated on up to
-    ``threshold_calibration_rows`` training rows, and the L0 of each on those rows; the
+    ``threshold_calibration_rows`` rows of ``data`` (the training split, or the calibration
+    split when ``sae.calibration_fraction`` > 0), and the L0 of each on those rows; the
     configured one is set on ``sae``."""
     from insight.sae.thresholds import THRESHOLD_MODES, calibrated_threshold, mean_l0
 
-    batches, rows = [], 0
-    for x in data.epoch(0, shuffle=False, drop_last=False):
-        batches.append(x.to(device))
-        rows += x.shape[0]
-        if rows >= cfg["threshold_calibration_rows"]:
-            break
+    batches = first_rows(data, cfg["threshold_calibration_rows"], device)
+    if not batches:
+        raise ValueError(f"no rows in the {data.split} split to calibrate the threshold on")
     sae.eval()
     thresholds = {mode: calibrated_threshold(sae, batches, mode) for mode in THRESHOLD_MODES}
-    train_l0 = {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
+    l0 = {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
     sae.set_threshold(thresholds[cfg["inference_threshold"]])
-    return thresholds, train_l0
+    return thresholds, l0
+
+
+def threshold_l0(
+    sae: MatryoshkaBatchTopKSAE,
+    data: FeatureBatches,
+    cfg: dict,
+    device: torch.device,
+    thresholds: dict[str, torch.Tensor],
+) -> dict[str, float]:
+    """The L0 of each threshold on up to ``threshold_calibration_rows`` rows of ``data``."""
+    from insight.sae.thresholds import mean_l0
+
+    batches = first_rows(data, cfg["threshold_calibration_rows"], device)
+    return {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
 
 
 def heldout_batches(feature_paths: Sequence[str | Path], cfg: dict) -> Iterator[torch.Tensor]:

@@ -12,7 +12,15 @@ from insight.sae.model import (
     save_sae,
 )
 from insight.sae.reference import reference_losses
-from insight.sae.training import FeatureBatches, SAETrainer, TrainConfig, evaluate, held_out_mask
+from insight.sae.training import (
+    SPLITS,
+    FeatureBatches,
+    SAETrainer,
+    TrainConfig,
+    evaluate,
+    held_out_mask,
+    split_mask,
+)
 
 SMALL = SAEConfig(d_in=16, d_sae=64, k=3, group_sizes=(4, 12, 48))
 
@@ -105,6 +113,22 @@ def test_held_out_split_is_by_image():
     per_image = mask.reshape(-1, 5)
     assert (per_image.all(1) | ~per_image.any(1)).all()
     assert 0.05 < mask.mean() < 0.15
+
+
+def test_the_calibration_split_takes_whole_images_from_training_only():
+    import pyarrow as pa
+
+    ids = pa.array([f"img{i // 5}" for i in range(5000)])
+    train, held, calibration = (split_mask(ids, s, 0.1, 0.2) for s in SPLITS)
+    assert ((held.astype(int) + calibration + train) == 1).all()  # disjoint, covering
+    assert (held == held_out_mask(ids, 0.1)).all()  # the held-out images do not move
+    assert 0.12 < calibration.mean() < 0.28
+    per_image = calibration.reshape(-1, 5)
+    assert (per_image.all(1) | ~per_image.any(1)).all()
+    assert not split_mask(ids, "calibration", 0.1).any()  # none by default
+    assert (split_mask(ids, "train", 0.1) == ~held).all()
+    with pytest.raises(ValueError, match="split must be one of"):
+        FeatureBatches(["unused.parquet"], 8, split="test")
 
 
 @pytest.fixture(scope="module")
