@@ -8,7 +8,12 @@ BatchTopK (Eq. B.4) depends on the batch, so downstream stages use ``z = z_pre *
   demo the cutoff falls during training and the EMA ends ~60% above the final model's
   cutoff, so held-out L0 is about 9 against BatchTopK's 12.
 - ``global`` (default): one value, recalibrated after training with the final model: the
-  mean over training batches of BatchTopK's cutoff (the EMA's estimator without the lag).
+  mean over calibration batches of BatchTopK's cutoff (the EMA's estimator without the lag).
+
+The calibration batches are training rows, or with ``sae.calibration_fraction`` > 0 a split
+of images the SAE never trained on. The release's EMA sees each batch before training on
+it (one pass over CC12M); many epochs over few images instead let the SAE memorise them,
+and a cutoff read off memorised patches is too low for new ones.
 - ``per_concept`` (App. B.5: "the threshold per concept is set to match the BatchTopK
   sparsity"): theta_c such that concept c fires on as many calibration patches under the
   threshold as under BatchTopK, read off a per-concept histogram of its pre-activations

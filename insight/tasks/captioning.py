@@ -137,6 +137,10 @@ def train_captioning_method(
     predictions = dict(zip(test["image_ids"], predicted, strict=True))
     references = dict(zip(test["image_ids"], test["captions"], strict=True))
     metrics = {**caption_metrics(references, predictions), **caption_diversity(predicted)}
+    first_references = [refs[0] for refs in test["captions"] if refs]
+    metrics["reference_distinct_fraction"] = caption_diversity(first_references)[
+        "distinct_fraction"
+    ]
     with atomic_dir(out) as tmp:
         save_safetensors(captioner.adapter.state_dict(), tmp / "adapter.safetensors")
         captioner.language_model.save_pretrained(tmp / "language_model")
