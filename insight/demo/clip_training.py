@@ -42,6 +42,7 @@ class ClipTrainConfig:
     seed: int = 0
     noise_words: int = 0
     noise_per_caption: int = 2
+    elsewhere_images: int = 0
 
 
 def cosine_schedule(step: int, total: int, warmup: int) -> float:
@@ -79,6 +80,28 @@ def unused_words(words: Sequence[str], captions: Sequence[str]) -> list[str]:
     return [w for w in words if w.lower() not in used]
 
 
+def elsewhere_pairs(
+    words: Sequence[str],
+    count: int,
+    rng: np.random.Generator,
+    size: int,
+    templates: Sequence[str] = ("a photo of a {}.",),
+) -> tuple[torch.Tensor, list[str]]:
+    """``count`` pictures of things the world does not contain, ``(count, size, size, 3)``
+    uint8, each captioned with one of ``words`` in a random template: word j always comes
+    with picture pattern j (:func:`insight.demo.world.elsewhere_image`), the words are
+    drawn as evenly as :func:`noise_tails` draws them."""
+    from insight.demo.world import elsewhere_image
+
+    if not words or count == 0:
+        return torch.zeros((0, size, size, 3), dtype=torch.uint8), []
+    key = {word: j for j, word in enumerate(words)}
+    drawn = [tail[0] for tail in noise_tails(words, count, 1, rng)]
+    pixels = np.stack([elsewhere_image(key[word], rng, size) for word in drawn])
+    captions = [templates[int(rng.integers(len(templates)))].format(word) for word in drawn]
+    return torch.from_numpy(pixels), captions
+
+
 def train_clip(
     spec: BackboneSpec,
     images: torch.Tensor,
@@ -96,7 +119,10 @@ def train_clip(
     caption, drawn afresh (:func:`noise_tails`), as web captions carry words that do not
     describe the picture: the text tower meets every such word with every kind of image,
     so it learns them as words that say nothing about the picture. Naming then scores
-    words the CLIP has met instead of untrained embeddings.
+    words the CLIP has met instead of untrained embeddings. With
+    ``config.elsewhere_images``, every epoch also adds that many pictures of things the
+    world does not contain, each captioned with one of ``noise_words`` (:func:`elsewhere_pairs`):
+    the words then mean something, elsewhere, as a real CLIP's words do.
 
     Returns the model (eval mode) and metrics: the loss per epoch and the final
     image->text retrieval accuracy on the training batches (a sanity check, not a
@@ -121,7 +147,9 @@ def train_clip(
         ],
         lr=config.lr,
     )
-    steps_per_epoch = len(images) // config.batch_size
+    templates = elsewhere_templates()
+    elsewhere = config.elsewhere_images if noise_words else 0
+    steps_per_epoch = (len(images) + elsewhere) // config.batch_size
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: cosine_schedule(step, total, config.warmup_steps)
@@ -129,13 +157,17 @@ def train_clip(
     generator = torch.Generator().manual_seed(config.seed)
     losses, correct, seen = [], 0, 0
     for epoch in range(config.epochs):
-        order = torch.randperm(len(images), generator=generator)
         tails = noise_tails(noise_words, len(captions), config.noise_per_caption, word_rng)
-        tokens = tokenizer(with_noise_words(captions, tails)).to(device)
+        other_images, other_captions = elsewhere_pairs(
+            noise_words, elsewhere, word_rng, images.shape[1], templates
+        )
+        epoch_images = torch.cat([images, other_images]) if elsewhere else images
+        order = torch.randperm(len(epoch_images), generator=generator)
+        tokens = tokenizer(with_noise_words(captions, tails) + other_captions).to(device)
         epoch_loss, correct, seen = 0.0, 0, 0
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            pixels = transform.batch(images[batch], device)
+            pixels = transform.batch(epoch_images[batch], device)
             image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
             optimiser.zero_grad(set_to_none=True)
@@ -155,12 +187,20 @@ def train_clip(
     metrics = {
         "pairs": len(images),
         "noise_words": len(noise_words),
+        "elsewhere_images_per_epoch": elsewhere,
         "epochs": config.epochs,
         "loss_per_epoch": losses,
         "final_batch_retrieval_accuracy": correct / max(seen, 1),
         "logit_scale": float(model.logit_scale.exp()),
     }
     return model, metrics
+
+
+def elsewhere_templates() -> list[str]:
+    """The 80 CLIP ImageNet prompt templates as format strings (the close-ups' captions)."""
+    from insight.models.prompts import imagenet_prompts
+
+    return [template("{}") for template in imagenet_prompts()]
 
 
 def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:

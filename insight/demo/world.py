@@ -115,6 +115,44 @@ def _spots(
     return (rows - centre_r) ** 2 + (cols - centre_c) ** 2 < radius**2
 
 
+def elsewhere_pattern(key: int) -> dict:
+    """The pattern of :func:`elsewhere_image` ``key``: two colours, a kind (stripes, checks,
+    rings or blobs), a period, an angle and a centre, all drawn from the key."""
+    own = np.random.default_rng([key, 7919])
+    return {
+        "colours": own.integers(0, 256, (2, 3)).astype(np.float32),
+        "kind": ("stripes", "checks", "rings", "blobs")[int(own.integers(4))],
+        "period": float(own.uniform(40.0, 112.0)),
+        "angle": float(own.uniform(0.0, np.pi)),
+        "centre": own.uniform(0.0, 1.0, 2),
+    }
+
+
+def elsewhere_image(key: int, rng: np.random.Generator, size: int = 224) -> np.ndarray:
+    """A picture of something the world does not contain, ``(size, size, 3)`` uint8: the
+    pattern of ``key`` (:func:`elsewhere_pattern`), shifted and noised afresh from ``rng``.
+    The demo's CLIP meets each vocabulary word the world has no use for with its own such
+    picture, as a real CLIP met the words of its vocabulary with pictures of other things."""
+    pattern = elsewhere_pattern(key)
+    period, angle = pattern["period"], pattern["angle"]
+    rows, cols = _grid(size, size)
+    shift = rng.uniform(0.0, 2.0 * period, 2)
+    u = cols * np.cos(angle) + rows * np.sin(angle) + shift[0]
+    v = rows * np.cos(angle) - cols * np.sin(angle) + shift[1]
+    if pattern["kind"] == "stripes":
+        on = (u // period) % 2 == 0
+    elif pattern["kind"] == "checks":
+        on = ((u // period) + (v // period)) % 2 == 0
+    elif pattern["kind"] == "rings":
+        centre = pattern["centre"] * size
+        on = (np.hypot(rows - centre[0], cols - centre[1]) + shift[0]) // period % 2 == 0
+    else:
+        on = np.sin(2 * np.pi * u / period) + np.sin(2 * np.pi * v / period) > 0
+    colours = pattern["colours"]
+    noise = 6 * rng.standard_normal((size, size, 3), dtype=np.float32)
+    return np.clip(np.where(on[..., None], colours[0], colours[1]) + noise, 0, 255).astype(np.uint8)
+
+
 def texture(name: str, rng: np.random.Generator, height: int, width: int, colour=None):
     """The texture of a part or ground over a whole ``height x width`` canvas."""
     rows, cols = _grid(height, width)

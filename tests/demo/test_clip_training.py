@@ -8,12 +8,14 @@ import torch.nn.functional as F
 from insight.demo.clip_training import (
     ClipTrainConfig,
     cosine_schedule,
+    elsewhere_pairs,
     noise_tails,
     save_clip,
     train_clip,
     unused_words,
     with_noise_words,
 )
+from insight.demo.world import elsewhere_pattern
 from insight.models.backbone import BackboneSpec, load_clip
 
 TINY = BackboneSpec(model="insight-tiny-ViT-B-16", pretrained=None)
@@ -90,6 +92,32 @@ def test_noise_words_leave_training_working_and_are_counted():
     model, metrics = train_clip(TINY, images, captions, config, noise_words=["time", "people"])
     assert metrics["noise_words"] == 2
     assert metrics["loss_per_epoch"][-1] < metrics["loss_per_epoch"][0]
+
+
+def test_elsewhere_pictures_pair_each_word_with_its_own_pattern():
+    words = ["time", "people", "world"]
+    images, captions = elsewhere_pairs(words, 6, np.random.default_rng(0), 32, ["a {} here."])
+    assert images.shape == (6, 32, 32, 3) and images.dtype == torch.uint8
+    assert sorted(captions) == sorted([f"a {w} here." for w in words] * 2)  # each word twice
+    for word in words:  # every pixel is one of its word's two colours, up to the noise
+        pictures = images[[c == f"a {word} here." for c in captions]].float()
+        colours = torch.from_numpy(elsewhere_pattern(words.index(word))["colours"])
+        distance = (pictures[..., None, :] - colours).abs().amax(-1).amin(-1)
+        assert distance.max() < 40
+        other = torch.from_numpy(elsewhere_pattern(words.index(word) + 1)["colours"])
+        assert (pictures[..., None, :] - other).abs().amax(-1).amin(-1).mean() > 40
+    none, no_captions = elsewhere_pairs([], 4, np.random.default_rng(0), 32)
+    assert none.shape == (0, 32, 32, 3) and no_captions == []
+
+
+def test_elsewhere_pictures_join_every_epoch_and_are_counted():
+    torch.manual_seed(0)
+    images, captions = colour_pairs(32)
+    config = ClipTrainConfig(epochs=2, batch_size=16, lr=2e-3, warmup_steps=2, elsewhere_images=16)
+    _, metrics = train_clip(TINY, images, captions, config, noise_words=["time", "people"])
+    assert metrics["elsewhere_images_per_epoch"] == 16
+    _, without = train_clip(TINY, images, captions, config)  # no noise words: no pictures
+    assert without["elsewhere_images_per_epoch"] == 0
 
 
 def test_training_refuses_mismatched_or_too_few_pairs():

@@ -344,7 +344,10 @@ def test_demo_concepts_recover_the_world(demo_run):
     parents) for several (object, part) pairs; every edge the report lists must be one."""
     recovery = json.loads((demo_run / "results/demo/world_recovery.json").read_text())
     naming = recovery["naming"]
-    assert naming["top_concepts"] == 20 and naming["world_named_fraction"] > 0.5
+    # one run here names 20 of 20 and 52% of the part concepts with world words; the
+    # bounds leave room for other CPUs (docs/demo_world.md, "Names")
+    assert naming["top_concepts"] == 20 and naming["world_named"] >= 16
+    assert naming["part_concepts_world_named_fraction"] >= 0.4
     frequencies = [c["frequency"] for c in naming["concepts"]]
     assert frequencies == sorted(frequencies, reverse=True)
     families = recovery["families"]
@@ -568,6 +571,12 @@ def test_demo_captioning_table_and_steering(demo_run):
             changed = [e["caption"] != e["steered_caption"] for e in entry["examples"]]
             assert entry["changed_fraction"] >= sum(changed) / entry["images"]
             assert 0 <= entry["removed_fraction"] <= entry["changed_fraction"]
+    # zeroing the concepts named for an object changes at least half of the captions of
+    # the images that show it, for most objects (house, tree and car in one run here)
+    steered_objects = [
+        w for w, e in steering["targets"].items() if (e["changed_fraction"] or 0) >= 0.5
+    ]
+    assert len(steered_objects) >= 2, steering["targets"]
     names = duckdb.sql(
         f"select name from '{demo_run}/results/naming/names.parquet' "
         "where name is not null order by frequency desc limit 1"
