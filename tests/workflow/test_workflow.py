@@ -19,14 +19,14 @@ DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
 def test_demo_shards_match_the_contract(demo_run):
     summary = json.loads((demo_run / "results/features/demo/summary.json").read_text())
     bad = len(bad_image_bytes())
-    assert summary["images"] == 120 and summary["rejected"] == bad and summary["shards"] == 4
+    assert summary["images"] == 200 and summary["rejected"] == bad and summary["shards"] == 4
     shards = sorted((demo_run / "results/features/demo").glob("shard-*.parquet"))
     assert [p.name for p in shards] == [f"shard-{i:05d}.parquet" for i in range(4)]
     glob = demo_run / "results/features/demo/*.parquet"
     images, patches, kind = duckdb.sql(
         f"select count(distinct image_id), count(*), any_value(typeof(embedding)) from '{glob}'"
     ).fetchall()[0]
-    assert (images, patches) == (120, 120 * 196)
+    assert (images, patches) == (200, 200 * 196)
     assert kind in ("FLOAT[]", "FLOAT[64]")
     rejected = duckdb.sql(
         f"select count(*) from '{demo_run}/results/features/demo/rejected/*.parquet'"
@@ -233,7 +233,7 @@ def test_demo_sae_and_concepts_match_the_contract(demo_run):
     ).fetchall()[0]
     assert rows > 0 and non_positive == 0 and out_of_range == 0
     summary = json.loads((demo_run / "results/concepts/demo/summary.json").read_text())
-    assert summary["activations"] == rows and summary["patches"] == 120 * 196
+    assert summary["activations"] == rows and summary["patches"] == 200 * 196
     assert not list((demo_run / "results/models/checkpoints").glob("*.pt"))
 
 
