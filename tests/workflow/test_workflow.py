@@ -13,15 +13,18 @@ from workflow_utils import copy_checkout, planned_jobs, snakemake
 from insight.demo.layouts import bad_image_bytes
 
 DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
+DEMO_SHARDS = 5  # the 200 images and the 5 bad files, 50 per shard (config/demo.yaml)
 
 
 @pytest.mark.slow
 def test_demo_shards_match_the_contract(demo_run):
     summary = json.loads((demo_run / "results/features/demo/summary.json").read_text())
     bad = len(bad_image_bytes())
-    assert summary["images"] == 200 and summary["rejected"] == bad and summary["shards"] == 4
+    assert (
+        summary["images"] == 200 and summary["rejected"] == bad and summary["shards"] == DEMO_SHARDS
+    )
     shards = sorted((demo_run / "results/features/demo").glob("shard-*.parquet"))
-    assert [p.name for p in shards] == [f"shard-{i:05d}.parquet" for i in range(4)]
+    assert [p.name for p in shards] == [f"shard-{i:05d}.parquet" for i in range(DEMO_SHARDS)]
     glob = demo_run / "results/features/demo/*.parquet"
     images, patches, kind = duckdb.sql(
         f"select count(distinct image_id), count(*), any_value(typeof(embedding)) from '{glob}'"
@@ -44,7 +47,7 @@ def test_second_run_has_nothing_to_do(demo_run):
 
 DOWNSTREAM_OF_FEATURES = {
     "train_sae": 1,
-    "encode_concepts": 4,
+    "encode_concepts": DEMO_SHARDS,
     "concepts_summary": 1,
     "cooccurrence_partial": 1,
     "cooccurrence": 1,
@@ -74,7 +77,7 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
     result = snakemake(demo_run, *DEMO, str(override), "-n")
     # features change, so everything downstream of them is stale too; the DINOiser is not
     assert planned_jobs(result.stdout) == {
-        "extract_features": 4,
+        "extract_features": DEMO_SHARDS,
         "features_summary": 1,
         **DOWNSTREAM_OF_FEATURES,
     }
@@ -99,7 +102,7 @@ def planned_after_edit(workdir: Path, module: str) -> dict[str, int]:
         ("insight/sae/model.py", DOWNSTREAM_OF_FEATURES),
         (
             "insight/features/extract.py",
-            {"extract_features": 4, "features_summary": 1, **DOWNSTREAM_OF_FEATURES},
+            {"extract_features": DEMO_SHARDS, "features_summary": 1, **DOWNSTREAM_OF_FEATURES},
         ),
         ("insight/hierarchy/families.py", None),
     ],
@@ -614,7 +617,7 @@ def test_a_released_sae_replaces_training_and_gives_the_same_concepts(demo_run, 
     )
     target = "results/naming/names.parquet"
     plan = planned_jobs(snakemake(work, target, *DEMO, str(override), "-n").stdout)
-    assert plan["import_sae"] == 1 and plan["encode_concepts"] == 4
+    assert plan["import_sae"] == 1 and plan["encode_concepts"] == DEMO_SHARDS
     assert "train_sae" not in plan and "extract_features" not in plan
     snakemake(work, target, *DEMO, str(override))
     for shard in sorted((demo_run / "results/concepts/demo").glob("shard-*.parquet")):
