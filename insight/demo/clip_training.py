@@ -28,6 +28,7 @@ from insight.core.logs import progress
 from insight.core.settings import from_config
 from insight.data.batches import BatchTransform
 from insight.models.backbone import BackboneSpec, load_clip, open_clip_models
+from insight.models.prompts import imagenet_templates
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def train_clip(
         ],
         lr=config.lr,
     )
-    templates = elsewhere_templates()
+    templates = imagenet_templates()
     elsewhere = config.elsewhere_images if noise_words else 0
     steps_per_epoch = (len(images) + elsewhere) // config.batch_size
     total = steps_per_epoch * config.epochs
@@ -194,13 +195,6 @@ def train_clip(
         "logit_scale": float(model.logit_scale.exp()),
     }
     return model, metrics
-
-
-def elsewhere_templates() -> list[str]:
-    """The 80 CLIP ImageNet prompt templates as format strings (the close-ups' captions)."""
-    from insight.models.prompts import imagenet_prompts
-
-    return [template("{}") for template in imagenet_prompts()]
 
 
 def save_clip(model: nn.Module, path, metadata: dict[str, str] | None = None) -> None:

@@ -202,11 +202,11 @@ def make_clip_pairs(
     too weakly for the families to show its parts (docs/demo_world.md)."""
     import csv
 
-    from insight.models.prompts import imagenet_prompts
+    from insight.models.prompts import imagenet_templates
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    templates = tuple(template("{}") for template in imagenet_prompts())
+    templates = imagenet_templates()
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(scenes):

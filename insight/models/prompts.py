@@ -11,8 +11,8 @@ def class_text_embeddings(
     classes: Sequence[str], encode: Callable[[list[str]], np.ndarray]
 ) -> np.ndarray:
     """Unit class embeddings: each of the 80 templates normalised, averaged, renormalised."""
-    templates = tuple(template("{}") for template in imagenet_prompts())
-    return template_embeddings(list(classes), encode, {"ovs": templates})["ovs"].astype(np.float32)
+    templates = {"ovs": imagenet_templates()}
+    return template_embeddings(list(classes), encode, templates)["ovs"].astype(np.float32)
 
 
 def imagenet_prompts() -> list[Callable[[str], str]]:
@@ -20,6 +20,11 @@ def imagenet_prompts() -> list[Callable[[str], str]]:
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
     return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def imagenet_templates() -> tuple[str, ...]:
+    """The 80 CLIP ImageNet templates as format strings (``"a photo of a {}."``)."""
+    return tuple(template("{}") for template in imagenet_prompts())
 
 
 TEMPLATES: dict[str, tuple[str, ...]] = {

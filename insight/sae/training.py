@@ -155,12 +155,6 @@ def image_buckets(image_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return buckets[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def held_out_mask(image_ids: pa.Array | pa.ChunkedArray, fraction: float) -> np.ndarray:
-    """Rows whose *image* is held out: its bucket (:func:`image_buckets`) below
-    ``fraction`` * 10,000."""
-    return image_buckets(image_ids) < round(fraction * 10_000)
-
-
 SPLITS = ("train", "heldout", "calibration")
 
 

@@ -34,7 +34,6 @@ def caption_image_file(
 ) -> dict:
     """``insight caption``: the INSIGHT captioner's caption of one image, and with
     ``requests`` ((name, factor) pairs) the caption after scaling those concepts."""
-    from insight.tasks.captioner import pool_tokens
     from insight.views.heatmaps import image_codes
 
     run = load_trained_run(cfg, results, "caption", ["models/captioner/insight"])
@@ -47,8 +46,7 @@ def caption_image_file(
     _, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
 
     def caption(concept_codes: torch.Tensor) -> str:
-        tokens = pool_tokens(sae.decode(concept_codes)[None], grid)
-        return captioner.generate(tokens, tokenizer, settings["max_new_tokens"])[0]
+        return caption_codes(captioner, tokenizer, settings, sae, [concept_codes], grid)[0]
 
     steered = scale_concepts(codes, scales)
     return {
@@ -74,6 +72,26 @@ def load_captioner(folder: str | Path, device: torch.device | str = "cpu"):
     return captioner.to(device).eval(), tokenizer, settings
 
 
+def caption_codes(
+    captioner,
+    tokenizer,
+    settings: dict,
+    sae: MatryoshkaBatchTopKSAE,
+    codes: Sequence[torch.Tensor],
+    grid: tuple[int, int],
+) -> list[str]:
+    """The captioner's caption of each image's concept codes (N, m): the SAE reconstruction
+    (Eq. B.4), pooled to the captioner's token grid, in batches of ``settings["batch_size"]``."""
+    from insight.tasks.captioner import pool_tokens
+
+    out = []
+    for start in range(0, len(codes), settings["batch_size"]):
+        chunk = torch.stack(list(codes[start : start + settings["batch_size"]]))
+        tokens = pool_tokens(sae.decode(chunk), grid)
+        out += captioner.generate(tokens, tokenizer, settings["max_new_tokens"])
+    return out
+
+
 def test_split_steering(
     captioner_dir: str | Path,
     models: FrozenModels,
@@ -89,7 +107,6 @@ def test_split_steering(
     from insight.data.benchmarks import karpathy_split
     from insight.data.images import ImageRef
     from insight.models.backbone import patch_grid
-    from insight.tasks.captioner import pool_tokens
 
     captioner, tokenizer, settings = load_captioner(captioner_dir, device)
     rows = karpathy_split(cfg["split_file"], cfg["images_root"], "test", cfg["images"]["test"])
@@ -106,12 +123,7 @@ def test_split_steering(
             ids += [ref.image_id for ref in good]
 
     def caption(batch: Sequence[torch.Tensor]) -> list[str]:
-        out = []
-        for start in range(0, len(batch), settings["batch_size"]):
-            chunk = torch.stack(list(batch[start : start + settings["batch_size"]]))
-            tokens = pool_tokens(sae.decode(chunk), grid)
-            out += captioner.generate(tokens, tokenizer, settings["max_new_tokens"])
-        return out
+        return caption_codes(captioner, tokenizer, settings, sae, batch, grid)
 
     steer = cfg["steering"]
     result = steering_study(

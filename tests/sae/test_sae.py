@@ -18,7 +18,6 @@ from insight.sae.training import (
     SAETrainer,
     TrainConfig,
     evaluate,
-    held_out_mask,
     split_mask,
 )
 
@@ -109,7 +108,7 @@ def test_held_out_split_is_by_image():
     import pyarrow as pa
 
     ids = pa.array([f"img{i // 5}" for i in range(5000)])
-    mask = held_out_mask(ids, 0.1)
+    mask = split_mask(ids, "heldout", 0.1)
     per_image = mask.reshape(-1, 5)
     assert (per_image.all(1) | ~per_image.any(1)).all()
     assert 0.05 < mask.mean() < 0.15
@@ -121,7 +120,7 @@ def test_the_calibration_split_takes_whole_images_from_training_only():
     ids = pa.array([f"img{i // 5}" for i in range(5000)])
     train, held, calibration = (split_mask(ids, s, 0.1, 0.2) for s in SPLITS)
     assert ((held.astype(int) + calibration + train) == 1).all()  # disjoint, covering
-    assert (held == held_out_mask(ids, 0.1)).all()  # the held-out images do not move
+    assert (held == split_mask(ids, "heldout", 0.1)).all()  # the held-out images do not move
     assert 0.12 < calibration.mean() < 0.28
     per_image = calibration.reshape(-1, 5)
     assert (per_image.all(1) | ~per_image.any(1)).all()
