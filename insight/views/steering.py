@@ -92,7 +92,7 @@ def caption_codes(
     return out
 
 
-def test_split_steering(
+def steering_on_test_split(
     captioner_dir: str | Path,
     models: FrozenModels,
     sae: MatryoshkaBatchTopKSAE,

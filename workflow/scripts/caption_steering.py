@@ -8,13 +8,13 @@ from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.models.frozen import frozen_spec, load_frozen
 from insight.sae.model import load_sae
-from insight.views.steering import test_split_steering
+from insight.views.steering import steering_on_test_split
 
 log = start_job(snakemake)
 torch.set_num_threads(snakemake.threads)
 frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)
 device = resolve_device(snakemake.params.device)
-result = test_split_steering(
+result = steering_on_test_split(
     snakemake.input.captioner,
     load_frozen(frozen, device),
     load_sae(snakemake.input.sae).to(device),
