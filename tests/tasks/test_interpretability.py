@@ -83,3 +83,28 @@ def test_upsample_nearest():
         [3, 3, 4, 4],
         [3, 3, 4, 4],
     ]
+
+
+@pytest.mark.parametrize("background", [BG, -1])
+def test_patch_footprints_match_the_upsampled_pixel_maps(background):
+    """The pipeline's patch-level sums equal the pixel-level metrics on the nearest-upsampled
+    maps (uneven footprints, ignored pixels, a concept that covers only ignored pixels)."""
+    rng = np.random.default_rng(0)
+    grid, height, width = (3, 4), 10, 13
+    labels = rng.choice([0, 1, 2, BG, 255], size=(height, width)).astype(np.uint8)
+    labels[:4, :4] = 255  # the first patch holds only ignored pixels
+    pixelwise = InterpretabilityAccumulator([0, 1, 2], background, min_images=1)
+    patchwise = InterpretabilityAccumulator([0, 1, 2], background, min_images=1)
+    for _ in range(3):
+        patch_masks = rng.random((5, grid[0] * grid[1])) < 0.4
+        patch_masks[0] = False
+        patch_masks[0, 0] = True  # fires on the ignored patch only: not counted as active
+        concepts = np.arange(10, 15)
+        upsampled = upsample_nearest(patch_masks.reshape(5, *grid), height, width)
+        pixelwise.add(concepts, upsampled, labels)
+        patchwise.add_patches(concepts, patch_masks, grid, labels)
+    assert 10 not in patchwise.entropy_count
+    assert patchwise.pair_count == pixelwise.pair_count
+    for metric in ("locality", "consistency", "impurity"):
+        assert getattr(patchwise, metric)() == pytest.approx(getattr(pixelwise, metric)())
+    assert patchwise.summary()["active_concepts"] == 4

@@ -40,7 +40,7 @@ rule train_captioner:
         method="insight|clip",
     conda:
         ENV
-    threads: 2
+    threads: config["captioning"]["threads"]
     resources:
         gpu=config["resources"]["gpus"],
     params:
