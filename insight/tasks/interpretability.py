@@ -87,7 +87,7 @@ class InterpretabilityAccumulator:
         flat = np.asarray(label_map).reshape(-1)
         self.add_footprints(
             concepts,
-            np.asarray(concept_masks, bool).reshape(len(concept_masks), -1),
+            np.asarray(concept_masks, bool).reshape(len(concept_masks), flat.size),
             *footprint_label_counts(flat, np.arange(flat.size), flat.size, self.categories),
         )
 

@@ -108,3 +108,10 @@ def test_patch_footprints_match_the_upsampled_pixel_maps(background):
     for metric in ("locality", "consistency", "impurity"):
         assert getattr(patchwise, metric)() == pytest.approx(getattr(pixelwise, metric)())
     assert patchwise.summary()["active_concepts"] == 4
+
+
+def test_an_image_where_no_concept_fires_scores_zero_locality_for_its_labels():
+    acc = InterpretabilityAccumulator(labels=[0, 1], background=BG, min_images=1)
+    acc.add(np.array([], dtype=int), np.zeros((0, 4, 4), dtype=bool), label_map())
+    assert acc.locality_count == {0: 1, 1: 1} and acc.locality() == 0.0
+    assert acc.entropy_count == {} and math.isnan(acc.impurity())
