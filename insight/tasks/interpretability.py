@@ -65,6 +65,19 @@ def footprint_label_counts(
     return counts, valid_counts
 
 
+def patch_label_counts(
+    label_map: np.ndarray, grid: tuple[int, int], categories: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`footprint_label_counts` with each patch of ``grid`` as a footprint: the pixels
+    of ``label_map`` that take the patch's value under nearest-neighbour upsampling."""
+    height, width = label_map.shape
+    rows, cols = nearest_source(height, grid[0]), nearest_source(width, grid[1])
+    patch_of_pixel = (rows[:, None] * grid[1] + cols[None, :]).reshape(-1)
+    return footprint_label_counts(
+        np.asarray(label_map).reshape(-1), patch_of_pixel, grid[0] * grid[1], categories
+    )
+
+
 @dataclass
 class InterpretabilityAccumulator:
     """Sums over images for the three metrics; ``labels`` are the part ids scored (the
@@ -100,19 +113,11 @@ class InterpretabilityAccumulator:
     ) -> None:
         """One image from patch-level maps ``patch_masks`` (C, h*w) bool: the same sums as
         :meth:`add` on the maps upsampled (nearest) to ``label_map``'s size, computed on the
-        patches' pixel counts instead of the pixels."""
-        height, width = label_map.shape
-        rows, cols = nearest_source(height, grid[0]), nearest_source(width, grid[1])
-        patch_of_pixel = (rows[:, None] * grid[1] + cols[None, :]).reshape(-1)
+        patches' pixel counts (:func:`patch_label_counts`) instead of the pixels."""
         self.add_footprints(
             concepts,
             np.asarray(patch_masks, bool),
-            *footprint_label_counts(
-                np.asarray(label_map).reshape(-1),
-                patch_of_pixel,
-                grid[0] * grid[1],
-                self.categories,
-            ),
+            *patch_label_counts(label_map, grid, self.categories),
         )
 
     @property
@@ -277,12 +282,14 @@ def interpretability_rows(
             with torch.no_grad():
                 patch_codes = sae.encode(encoder(x)[0]).cpu().numpy()
                 global_codes = sae.encode(model.visual(x)).cpu().numpy()
+            # both methods share the label map's per-patch counts: computed once per image
+            footprints = patch_label_counts(label_map, grid, accumulators["insight"].categories)
             for method, codes in (
                 ("insight", patch_codes),
                 ("global_broadcast", np.repeat(global_codes, grid[0] * grid[1], axis=0)),
             ):
                 active = np.flatnonzero((codes > 0).any(0))
-                accumulators[method].add_patches(active, (codes[:, active] > 0).T, grid, label_map)
+                accumulators[method].add_footprints(active, codes[:, active].T > 0, *footprints)
             bar.update(1)
         bar.close()
         for method, accumulator in accumulators.items():
