@@ -7,6 +7,13 @@ later stage runs on a model that has learned something. It is plain CLIP trainin
 the loss is open_clip's symmetric InfoNCE :class:`open_clip.ClipLoss` with the learnable
 temperature, the optimiser AdamW with a linear warm-up and cosine decay. The weights
 are saved as safetensors, which ``backbone.checkpoint`` loads like any local checkpoint.
+
+With ``region_weight`` above 0 (the demo), pairs that come with a region map also train
+the dense path, as region-text training does (RegionCLIP, Zhong et al. 2022): each
+patch's MaskCLIP feature (the features the SAE reads) is scored against the world's
+words and pulled towards what the patch shows (:func:`region_loss`). A web-scale CLIP
+learns this alignment from billions of captions; 1,600 captions teach a 64-d CLIP the
+picture but hardly where in it each word is (docs/demo_world.md).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 from insight.core.io import save_safetensors
 from insight.core.logs import progress
 from insight.core.settings import from_config
 from insight.data.batches import BatchTransform
-from insight.models.backbone import BackboneSpec, load_clip, open_clip_models
+from insight.models.backbone import BackboneSpec, load_clip, maskclip_head, open_clip_models
 from insight.models.prompts import imagenet_templates
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ class ClipTrainConfig:
     noise_words: int = 0
     noise_per_caption: int = 2
     elsewhere_images: int = 0
+    region_weight: float = 0.0
 
 
 def cosine_schedule(step: int, total: int, warmup: int) -> float:
@@ -81,6 +91,64 @@ def unused_words(words: Sequence[str], captions: Sequence[str]) -> list[str]:
     return [w for w in words if w.lower() not in used]
 
 
+NO_REGION = 255  # a region map's id for pixels of unknown content (pictures without a map)
+
+
+REGION_TEMPLATE = "a photo of a {}."  # the prompt each region word is embedded in
+
+
+def region_targets(regions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each patch's target distribution over :data:`insight.demo.world.REGION_WORDS`,
+    ``(B, h * w, words)``, from region maps ``(B, H, W)`` (ids into ``REGIONS``,
+    :data:`NO_REGION` unknown): the share of the patch's pixels in each sky or ground
+    region goes to its word; a part's share goes half to the part's word and half to its
+    object's, so a wheel patch says both *wheel* and *car*. Rows of patches with no known
+    pixel are zero."""
+    from insight.demo.world import OBJECT_PARTS, OBJECTS, PARTS, REGIONS, STUFF
+
+    ids = regions.long().clamp(max=len(REGIONS))
+    onehot = F.one_hot(ids, len(REGIONS) + 1)[..., : len(REGIONS)].permute(0, 3, 1, 2)
+    fractions = F.adaptive_avg_pool2d(onehot.float(), grid).flatten(2).transpose(1, 2)
+    stuff, parts = fractions[..., : len(STUFF)], fractions[..., len(STUFF) :]
+    objects = torch.stack(
+        [parts[..., [PARTS.index(p) for p in OBJECT_PARTS[o]]].sum(-1) for o in OBJECTS], -1
+    )
+    targets = torch.cat([stuff, parts / 2, objects / 2], -1)
+    return targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def region_loss(
+    dense: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of each patch's scores over the words against its targets:
+    ``-sum_w t_w log softmax(s cos(f_p, e_w))``, averaged over the patches with a target.
+    ``dense`` are MaskCLIP features ``(B, d, h, w)``, ``words`` normalised text
+    embeddings ``(words, d)``, ``targets`` from :func:`region_targets`."""
+    features = F.normalize(dense.flatten(2).transpose(1, 2), dim=-1)
+    log_p = (logit_scale * features @ words.T).log_softmax(-1)
+    known = targets.sum(-1) > 0
+    if not known.any():
+        return dense.new_zeros(())
+    return -(targets * log_p).sum(-1)[known].mean()
+
+
+@contextmanager
+def last_block_inputs(visual: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collects the tokens entering the visual tower's last block (batch first) in every
+    forward pass while open, so the dense path reuses the pass the contrastive loss made."""
+    captured: list[torch.Tensor] = []
+    batch_first = visual.transformer.batch_first
+
+    def keep(_module: nn.Module, inputs: tuple) -> None:
+        captured.append(inputs[0] if batch_first else inputs[0].transpose(0, 1))
+
+    hook = visual.transformer.resblocks[-1].register_forward_pre_hook(keep)
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
 def elsewhere_pairs(
     words: Sequence[str],
     count: int,
@@ -111,6 +179,7 @@ def train_clip(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[int, float], None] | None = None,
     noise_words: Sequence[str] = (),
+    regions: torch.Tensor | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train the open_clip model of ``spec`` (from its initial weights) on ``images``
     (N, H, W, 3) uint8 at the model's input size and their ``captions``; batches are
@@ -124,6 +193,10 @@ def train_clip(
     ``config.elsewhere_images``, every epoch also adds that many pictures of things the
     world does not contain, each captioned with one of ``noise_words`` (:func:`elsewhere_pairs`):
     the words then mean something, elsewhere, as a real CLIP's words do.
+
+    With ``regions`` (N, H, W) uint8 region maps (:data:`NO_REGION` where unknown) and
+    ``config.region_weight`` above 0, the loss adds ``region_weight`` times
+    :func:`region_loss` of the batch's MaskCLIP features.
 
     Returns the model (eval mode) and metrics: the loss per epoch and the final
     image->text retrieval accuracy on the training batches (a sanity check, not a
@@ -156,21 +229,40 @@ def train_clip(
         optimiser, lambda step: cosine_schedule(step, total, config.warmup_steps)
     )
     generator = torch.Generator().manual_seed(config.seed)
-    losses, correct, seen = [], 0, 0
+    dense_training = regions is not None and config.region_weight > 0
+    if dense_training:
+        from insight.demo.world import REGION_WORDS
+
+        if regions.shape[:3] != images.shape[:3]:
+            raise ValueError(f"region maps {tuple(regions.shape)} for images {tuple(images.shape)}")
+        grid = tuple(model.visual.grid_size)
+        word_tokens = tokenizer([REGION_TEMPLATE.format(w) for w in REGION_WORDS]).to(device)
+        all_targets = torch.cat([region_targets(chunk, grid) for chunk in regions.split(256)])
+        unknown = all_targets.new_zeros((elsewhere, *all_targets.shape[1:]))
+    losses, region_losses, correct, seen = [], [], 0, 0
     for epoch in range(config.epochs):
         tails = noise_tails(noise_words, len(captions), config.noise_per_caption, word_rng)
         other_images, other_captions = elsewhere_pairs(
             noise_words, elsewhere, word_rng, images.shape[1], templates
         )
         epoch_images = torch.cat([images, other_images]) if elsewhere else images
+        if dense_training:
+            epoch_targets = torch.cat([all_targets, unknown]) if elsewhere else all_targets
         order = torch.randperm(len(epoch_images), generator=generator)
         tokens = tokenizer(with_noise_words(captions, tails) + other_captions).to(device)
-        epoch_loss, correct, seen = 0.0, 0, 0
+        epoch_loss, epoch_region_loss, correct, seen = 0.0, 0.0, 0, 0
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             pixels = transform.batch(epoch_images[batch], device)
-            image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+            with last_block_inputs(model.visual) as entering:
+                image_features, text_features, logit_scale = model(pixels, tokens[batch])[:3]
+            loss = contrastive = loss_fn(image_features, text_features, logit_scale)
+            if dense_training:
+                words = F.normalize(model.encode_text(word_tokens), dim=-1)
+                dense = maskclip_head(model.visual, entering[0], grid)  # same forward pass
+                dense_loss = region_loss(dense, epoch_targets[batch].to(device), words, logit_scale)
+                loss = loss + config.region_weight * dense_loss
+                epoch_region_loss += dense_loss.item()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -180,8 +272,9 @@ def train_clip(
                 matches = (image_features @ text_features.T).argmax(1)
                 correct += int((matches.cpu() == torch.arange(len(batch))).sum())
                 seen += len(batch)
-            epoch_loss += loss.item()
+            epoch_loss += contrastive.item()
         losses.append(epoch_loss / steps_per_epoch)
+        region_losses.append(epoch_region_loss / steps_per_epoch)
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     model.eval().requires_grad_(False)
@@ -191,6 +284,8 @@ def train_clip(
         "elsewhere_images_per_epoch": elsewhere,
         "epochs": config.epochs,
         "loss_per_epoch": losses,
+        "region_weight": config.region_weight if dense_training else 0.0,
+        "region_loss_per_epoch": region_losses if dense_training else [],
         "final_batch_retrieval_accuracy": correct / max(seen, 1),
         "logit_scale": float(model.logit_scale.exp()),
     }
@@ -211,6 +306,19 @@ def images_to_tensor(images: Sequence, size: int) -> torch.Tensor:
         for im in images
     ]
     return torch.from_numpy(np.stack(arrays))
+
+
+def region_maps_to_tensor(paths: Sequence[Path | None], size: int) -> torch.Tensor:
+    """Region map PNGs, resized (nearest) to ``size`` squared, as one uint8 tensor
+    (N, size, size); a missing path (None) gives a map of :data:`NO_REGION`."""
+    maps = []
+    for path in paths:
+        if path is None:
+            maps.append(np.full((size, size), NO_REGION, np.uint8))
+            continue
+        with Image.open(path) as image:
+            maps.append(np.asarray(image.resize((size, size), Image.NEAREST), dtype=np.uint8))
+    return torch.from_numpy(np.stack(maps))
 
 
 def train_clip_from_pairs(
@@ -241,6 +349,11 @@ def train_clip_from_pairs(
         bar.update(1)
     bar.close()
     pixels = images_to_tensor(images, size)
+    regions = None
+    if config.region_weight > 0 and "regions" in table.column_names:
+        regions = region_maps_to_tensor(
+            [root / p if p else None for p in table["regions"].to_pylist()], size
+        )
     bar = progress(config.epochs, "train CLIP", "epoch")
 
     def on_epoch(epoch: int, loss: float) -> None:
@@ -254,7 +367,7 @@ def train_clip_from_pairs(
 
         noise = unused_words(wordfreq_terms(config.noise_words), captions)
         log.info("%d noise words (the most frequent English words no caption uses)", len(noise))
-    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch, noise)
+    model, metrics = train_clip(spec, pixels, captions, config, device, on_epoch, noise, regions)
     bar.close()
     save_clip(model, out_path, {"model": spec.model, "pairs": str(pairs_csv)})
     return {**metrics, "model": spec.model, "config": dataclasses.asdict(config)}

@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image
 
 from insight.data.palette import voc_palette
-from insight.demo.world import OBJECTS, PART_BACKGROUND, close_up, draw_scene, scene_caption
+from insight.demo.world import (
+    OBJECTS,
+    PART_BACKGROUND,
+    close_up,
+    draw_scene,
+    region_map,
+    scene_caption,
+)
 
 
 def make_scene_images(
@@ -193,8 +200,9 @@ def make_clip_pairs(
 ) -> Path:
     """Image/caption pairs to train the demo's CLIP on: every world scene with its
     caption, plus one close-up of it (an object, a part or a ground, captioned with one
-    of the 80 ImageNet prompt templates). Writes ``root/images/*.jpg`` and
-    ``root/pairs.csv`` (``path``, relative to ``root``, and ``caption``).
+    of the 80 ImageNet prompt templates). Writes ``root/images/*.jpg``, their region
+    maps ``root/regions/*.png`` (:func:`insight.demo.world.region_map`) and
+    ``root/pairs.csv`` (``path`` and ``regions``, relative to ``root``, and ``caption``).
 
     A scene caption names its objects' colours with probability ``colour_share``, as
     web captions mention colour only some of the time. Captions that always do let the
@@ -206,6 +214,7 @@ def make_clip_pairs(
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "regions").mkdir(exist_ok=True)
     templates = imagenet_templates()
     rng = np.random.default_rng(seed)
     rows = []
@@ -215,13 +224,18 @@ def make_clip_pairs(
         while crop is None:
             crop = close_up(scene, rng, templates, size[0])
         said = scene_caption(scene.objects, scene.ground, colours=rng.random() < colour_share)
-        for kind, (image, caption) in (("scene", (scene.image, said)), ("close", crop)):
-            path = f"images/{kind}_{i:05d}.jpg"
+        close_image, close_caption, box = crop
+        for kind, image, caption, regions in (
+            ("scene", scene.image, said, region_map(scene)),
+            ("close", close_image, close_caption, region_map(scene, box, size[0])),
+        ):
+            path, regions_path = f"images/{kind}_{i:05d}.jpg", f"regions/{kind}_{i:05d}.png"
             image.save(root / path, quality=92)
-            rows.append((path, caption))
+            Image.fromarray(regions).save(root / regions_path)
+            rows.append((path, caption, regions_path))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "caption"])
+        writer.writerow(["path", "caption", "regions"])
         writer.writerows(rows)
     return root / "pairs.csv"
 

@@ -18,7 +18,9 @@ Grounds: grass (blades), sand (speckles), water (waves), snow (sparkles); the sk
 a smooth gradient. A scene comes with its class map (:data:`CLASSES`), its part map
 (:data:`PARTS`, :data:`PART_BACKGROUND` elsewhere) and a caption. :func:`close_up`
 crops one object, part or ground and captions it with a prompt template, like the
-close-ups that web image/caption data is full of.
+close-ups that web image/caption data is full of. :func:`region_map` says what each
+pixel of a scene or close-up is (its part, sky or ground), for the demo CLIP's
+region-text loss.
 
 The planted structure, which the demo's tests look for in the concepts: every part
 lies inside its object (part -> object), and the words are the world's vocabulary
@@ -340,10 +342,10 @@ def scene_caption(
 
 def close_up(
     scene: Scene, rng: np.random.Generator, templates: tuple[str, ...], size: int = 224
-) -> tuple[Image.Image, str] | None:
+) -> tuple[Image.Image, str, tuple[int, int, int, int]] | None:
     """A square crop around one object, part or ground of ``scene`` resized to ``size``,
-    captioned with a random template (``a photo of the car wheel.``); None when the
-    chosen region is too small to crop."""
+    captioned with a random template (``a photo of the car wheel.``), and the crop's box
+    in the scene; None when the chosen region is too small to crop."""
     choices = [("stuff", name) for name in ("sky", scene.ground)]
     for obj in scene.objects:
         choices.append(("object", obj))
@@ -377,7 +379,26 @@ def close_up(
     box = (left, top, left + side, top + side)  # inside the image: no black borders
     crop = scene.image.crop(box).resize((size, size), Image.BICUBIC)
     template = templates[rng.integers(len(templates))]
-    return crop, template.format(words)
+    return crop, template.format(words), box
+
+
+REGIONS = (*STUFF, *PARTS)  # the ids of a region map (:func:`region_map`)
+
+
+REGION_WORDS = (*STUFF, *PARTS, *OBJECTS)  # what a region map's pixels are, as words
+
+
+def region_map(
+    scene: Scene, box: tuple[int, int, int, int] | None = None, size: int = 224
+) -> np.ndarray:
+    """What each pixel of ``scene`` is, ``(H, W)`` uint8 ids into :data:`REGIONS`: its part
+    where an object stands, else the sky or ground; cropped to ``box`` and resized
+    (nearest) to ``size`` squared when given, as :func:`close_up` crops the image."""
+    ids = np.where(scene.parts == PART_BACKGROUND, scene.classes, len(STUFF) + scene.parts)
+    image = Image.fromarray(ids.astype(np.uint8))
+    if box is not None:
+        image = image.crop(box).resize((size, size), Image.NEAREST)
+    return np.asarray(image)
 
 
 # ---------------------------------------------------------------- what the concepts recovered

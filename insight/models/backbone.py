@@ -184,7 +184,12 @@ def maskclip_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     then ``ln_post`` and ``@ proj`` per patch token (class token dropped). Input sizes
     other than the model's native size interpolate the positional embedding.
     """
-    x, grid = last_block_input(visual, images)
+    return maskclip_head(visual, *last_block_input(visual, images))
+
+
+def maskclip_head(visual: nn.Module, x: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """The last block's value path of :func:`maskclip_features` on the tokens entering it,
+    ``(B, 1 + h*w, width)`` batch first, as :func:`last_block_input` gives them."""
     x = x[:, 1:]  # the value path is per token: the class token no longer matters
     last = visual.transformer.resblocks[-1]
     x = x + last.ls_1(last.attn.out_proj(block_projection(last, x, "value")))

@@ -82,13 +82,29 @@ def test_close_up_is_inside_the_image_and_captioned_with_its_target(scenes):
         result = world.close_up(scene, rng, templates, size=64)
         if result is None:
             continue
-        image, caption = result
+        image, caption, box = result
         seen += 1
         assert image.size == (64, 64)
+        left, top, right, bottom = box
+        assert right - left == bottom - top and 0 <= left and right <= scene.image.size[0]
+        regions = world.region_map(scene, box, 64)
+        assert regions.shape == (64, 64)
+        # the crop's region map is the scene's, cropped: its centre pixel agrees
+        centre = world.region_map(scene)[(top + bottom) // 2, (left + right) // 2]
+        assert regions[32, 32] == centre
         assert any(f" {w}" in f" {caption}" for w in words), caption
         # no black border: the crop stays inside the scene
         assert (np.asarray(image).reshape(-1, 3).max(1) > 0).all()
     assert seen >= 20
+
+
+def test_region_map_is_the_part_on_objects_and_the_class_elsewhere(scenes):
+    for scene in scenes[:5]:
+        regions = world.region_map(scene)
+        on_object = scene.parts != world.PART_BACKGROUND
+        names = np.array(world.REGIONS)[regions]
+        assert (names[on_object] == np.array(world.PARTS)[scene.parts[on_object]]).all()
+        assert (names[~on_object] == np.array(world.CLASSES)[scene.classes[~on_object]]).all()
 
 
 def test_texture_of_unknown_name_fails_with_the_name():
@@ -190,6 +206,13 @@ def test_clip_pairs_csv_lists_scene_and_close_up_per_scene(tmp_path):
         f"images/{kind}_{i:05d}.jpg" for i in range(3) for kind in ("scene", "close")
     ]
     assert all((tmp_path / r["path"]).is_file() and r["caption"] for r in rows)
+    assert [r["regions"] for r in rows] == [
+        f"regions/{kind}_{i:05d}.png" for i in range(3) for kind in ("scene", "close")
+    ]
+    for row in rows:
+        with Image.open(tmp_path / row["regions"]) as regions:
+            assert regions.size == (96, 96)
+            assert set(np.unique(np.asarray(regions)).tolist()) <= set(range(len(world.REGIONS)))
     assert " on " in rows[0]["caption"]
 
 

@@ -332,12 +332,17 @@ def test_demo_ovs_table(demo_run):
 
 @pytest.mark.slow
 def test_demo_world_is_segmented_far_above_chance(demo_run):
-    """The world-trained CLIP segments held-out world scenes far above chance."""
+    """The world-trained CLIP segments held-out world scenes far above chance, at 40 mIoU
+    or more with every method, and every object class, not only the ground and sky (one
+    run here: 60.3 / 61.4 / 61.4; objects 0.21-0.59 IoU)."""
     world = json.loads((demo_run / "results/ovs/world.json").read_text())
     chance = world["chance_miou"]
     assert 0.0 < chance < 0.15
     for method in ("clip_dinoiser", "insight", "insight_thresholded"):
-        assert world["methods"][method]["miou"] > 4 * chance, method
+        assert world["methods"][method]["miou"] >= 0.4, method
+    objects = {"house", "tree", "car", "mushroom"}
+    iou = world["methods"]["insight"]["per_class_iou"]
+    assert all(iou[name] >= 0.1 for name in objects), iou
 
 
 @pytest.mark.slow
@@ -369,6 +374,8 @@ def test_demo_concepts_recover_the_world(demo_run):
     training = json.loads((demo_run / "results/models/clip_training.json").read_text())
     assert training["pairs"] == 1600
     assert training["loss_per_epoch"][-1] < 0.5 * training["loss_per_epoch"][0]
+    region = training["region_loss_per_epoch"]  # every pair comes with its region map
+    assert training["region_weight"] > 0 and region[-1] < 0.5 * region[0]
 
 
 @pytest.mark.slow
