@@ -333,8 +333,8 @@ def test_demo_ovs_table(demo_run):
 @pytest.mark.slow
 def test_demo_world_is_segmented_far_above_chance(demo_run):
     """The world-trained CLIP segments held-out world scenes far above chance, at 40 mIoU
-    or more with every method, and every object class, not only the ground and sky (one
-    run here: 60.3 / 61.4 / 61.4; objects 0.21-0.59 IoU)."""
+    or more with every method, and every object class, not only the ground and sky (two
+    CPUs: 60.3 / 61.2-61.4 / 61.2-61.4; objects 0.20-0.59 IoU)."""
     world = json.loads((demo_run / "results/ovs/world.json").read_text())
     chance = world["chance_miou"]
     assert 0.0 < chance < 0.15
@@ -352,10 +352,10 @@ def test_demo_concepts_recover_the_world(demo_run):
     parents) for several (object, part) pairs; every edge the report lists must be one."""
     recovery = json.loads((demo_run / "results/demo/world_recovery.json").read_text())
     naming = recovery["naming"]
-    # one run here names 19 of 20 and 84% of the part concepts with world words; the
-    # bounds leave room for other CPUs (docs/demo_world.md, "Names", "Pooling threshold")
+    # runs on two CPUs name 16-17 of 20 and 57-62% of the part concepts with world words
+    # (docs/demo_world.md, "Region-text training")
     assert naming["top_concepts"] == 20 and naming["world_named"] >= 16
-    assert naming["part_concepts_world_named_fraction"] >= 0.4
+    assert naming["part_concepts_world_named_fraction"] >= 0.5
     frequencies = [c["frequency"] for c in naming["concepts"]]
     assert frequencies == sorted(frequencies, reverse=True)
     families = recovery["families"]
@@ -582,7 +582,7 @@ def test_demo_captioning_table_and_steering(demo_run):
             assert entry["changed_fraction"] >= sum(changed) / entry["images"]
             assert 0 <= entry["removed_fraction"] <= entry["changed_fraction"]
     # zeroing the concepts named for an object changes at least half of the captions of
-    # the images that show it, for most objects (house, tree and car in one run here)
+    # the images that show it, for several objects (the house and the tree on two CPUs)
     steered_objects = [
         w for w, e in steering["targets"].items() if (e["changed_fraction"] or 0) >= 0.5
     ]
