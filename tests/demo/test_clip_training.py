@@ -160,6 +160,33 @@ def test_region_targets_by_hand():
     torch.testing.assert_close(targets[0, 3], expected(roof=0.5, house=0.5))
 
 
+def test_region_targets_match_a_pixel_by_pixel_count():
+    """Random maps, unknown pixels included, on a grid of unequal rows and columns: each
+    pixel adds 1 to its sky or ground word, or 1/2 to its part and 1/2 to its object."""
+    from insight.demo.world import PART_OF
+
+    rng = np.random.default_rng(0)
+    regions = rng.integers(0, len(REGIONS) + 2, size=(2, 6, 8)).astype(np.uint8)
+    regions[regions >= len(REGIONS)] = NO_REGION
+    expected = np.zeros((2, 2 * 4, len(REGION_WORDS)))
+    for b, y, x in np.ndindex(regions.shape):
+        region, patch = regions[b, y, x], (y // 3) * 4 + x // 2
+        if region == NO_REGION:
+            continue
+        name = REGIONS[region]
+        if name in PART_OF:
+            expected[b, patch, REGION_WORDS.index(name)] += 0.5
+            expected[b, patch, REGION_WORDS.index(PART_OF[name])] += 0.5
+        else:
+            expected[b, patch, REGION_WORDS.index(name)] += 1.0
+    totals = expected.sum(-1, keepdims=True)
+    expected = np.divide(expected, totals, out=np.zeros_like(expected), where=totals > 0)
+    targets = region_targets(torch.from_numpy(regions), (2, 4))
+    np.testing.assert_allclose(targets.numpy(), expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="do not divide into a 4x4 grid"):
+        region_targets(torch.from_numpy(regions), (4, 4))
+
+
 def test_region_loss_against_a_hand_computation():
     dense = torch.tensor([[3.0, 0.0], [0.0, 4.0]]).T.reshape(1, 2, 1, 2)  # patches (3,0), (0,4)
     words = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
