@@ -111,16 +111,17 @@ def region_targets(regions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     rows, cols = grid
     if height % rows or width % cols:
         raise ValueError(f"region maps of {height}x{width} do not divide into a {rows}x{cols} grid")
+    patch_height, patch_width = height // rows, width // cols
     labels = len(REGIONS) + 1  # the last counts unknown pixels
     ids = regions.long().clamp(max=len(REGIONS))
-    patch = (torch.arange(height) // (height // rows))[:, None] * cols + (
-        torch.arange(width) // (width // cols)
+    patch = (torch.arange(height) // patch_height)[:, None] * cols + (
+        torch.arange(width) // patch_width
     )[None]
     image = torch.arange(batch)[:, None, None] * (rows * cols)
     bins = ((image + patch) * labels + ids).flatten()
     counts = torch.bincount(bins, minlength=batch * rows * cols * labels)
     fractions = counts.view(batch, rows * cols, labels)[..., : len(REGIONS)].float()
-    fractions /= (height // rows) * (width // cols)
+    fractions /= patch_height * patch_width
     stuff, parts = fractions[..., : len(STUFF)], fractions[..., len(STUFF) :]
     objects = torch.stack(
         [parts[..., [PARTS.index(p) for p in OBJECT_PARTS[o]]].sum(-1) for o in OBJECTS], -1
