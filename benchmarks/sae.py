@@ -42,8 +42,11 @@ def main() -> None:
 
     project_sae = MatryoshkaBatchTopKSAE(config).to(device)
     baseline_sae = copy.deepcopy(project_sae)
-    trainer = SAETrainer(
-        project_sae, TrainConfig(lr=1e-4, batch_size=args.batch), data=None, device=device
+    trainer = SAETrainer(  # b_dec stays where the baseline's is: this times the step alone
+        project_sae,
+        TrainConfig(lr=1e-4, batch_size=args.batch, b_dec_init="zeros"),
+        data=None,
+        device=device,
     )
     optimizer = torch.optim.Adam(baseline_sae.parameters(), lr=1e-4)
 

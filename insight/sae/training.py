@@ -250,6 +250,24 @@ class FeatureBatches:
                 yield torch.from_numpy(chunk)
 
 
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-5) -> torch.Tensor:
+    """The point with the least summed Euclidean distance to the rows of ``points`` (n, d),
+    by Weiszfeld's iteration from their mean (stops when a step moves less than ``tol``)."""
+    guess = points.mean(0)
+    for _ in range(max_iter):
+        weights = 1.0 / (points - guess).norm(dim=1).clamp(min=1e-12)
+        step = (weights[:, None] * points).sum(0) / weights.sum()
+        moved = float((step - guess).norm())
+        guess = step
+        if moved < tol:
+            break
+    return guess
+
+
+B_DEC_STARTS = ("geometric_median", "zeros")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-4
@@ -259,10 +277,19 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+    b_dec_init: str = "geometric_median"
+
+    def __post_init__(self) -> None:
+        if self.b_dec_init not in B_DEC_STARTS:
+            raise ValueError(
+                f"sae.b_dec_init must be one of {B_DEC_STARTS}, not {self.b_dec_init!r}"
+            )
 
 
 class SAETrainer:
-    """Adam on the Matryoshka BatchTopK objective, with full-state checkpoints."""
+    """Adam on the Matryoshka BatchTopK objective, with full-state checkpoints. With
+    ``b_dec_init: geometric_median`` the first step starts ``b_dec`` at its batch's
+    geometric median, as the release's dictionary_learning trainer does."""
 
     def __init__(
         self,
@@ -286,6 +313,8 @@ class SAETrainer:
         """One optimisation step on a batch; returns its metrics as 0-d tensors (reading
         them with ``float()`` waits for the device, so the loop only does it when logging)."""
         batch = batch.to(self.device, non_blocking=True)
+        if self.global_step == 0 and self.config.b_dec_init == "geometric_median":
+            self.sae.b_dec.data.copy_(geometric_median(batch))  # as dictionary_learning's trainers
         out = self.sae.training_losses(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):

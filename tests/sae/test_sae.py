@@ -18,6 +18,7 @@ from insight.sae.training import (
     SAETrainer,
     TrainConfig,
     evaluate,
+    geometric_median,
     split_mask,
 )
 
@@ -184,6 +185,54 @@ def test_resume_after_kill_gives_the_same_weights(planted, tmp_path):
         resumed.sae.state_dict().values(), uninterrupted.sae.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_geometric_median_matches_a_direct_minimisation():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(size=(200, 5)), rng.normal(40.0, 1.0, size=(20, 5))])
+    median = geometric_median(torch.tensor(points, dtype=torch.float64), tol=1e-10).numpy()
+    direct = minimize(
+        lambda y: np.linalg.norm(points - y, axis=1).sum(),
+        points.mean(0),
+        method="Nelder-Mead",
+        options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 20_000},
+    ).x
+    np.testing.assert_allclose(median, direct, atol=1e-3)
+    assert (
+        np.linalg.norm(median - points.mean(0)) > 3.0
+    )  # the outliers pull the mean, not the median
+    # three points on a line: the middle one
+    line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(geometric_median(line, tol=1e-12), line[1], atol=1e-6, rtol=0)
+
+
+def test_b_dec_starts_at_the_first_batchs_geometric_median():
+    from workflow_utils import REPO
+
+    from insight.cli import load_config
+
+    assert load_config([], base=REPO / "config.yaml")["sae"]["b_dec_init"] == "geometric_median"
+    assert TrainConfig().b_dec_init == "geometric_median"
+    first, second = torch.randn(64, 16) + 3.0, torch.randn(64, 16) - 3.0
+    trainer = SAETrainer(
+        MatryoshkaBatchTopKSAE(SMALL), TrainConfig(lr=1e-12, batch_size=64), data=None
+    )
+    trainer.step(first)
+    trainer.step(second)  # only the first step sets it
+    torch.testing.assert_close(
+        trainer.sae.b_dec.detach(), geometric_median(first), atol=1e-6, rtol=0
+    )
+    zeros = SAETrainer(
+        MatryoshkaBatchTopKSAE(SMALL),
+        TrainConfig(lr=1e-12, batch_size=64, b_dec_init="zeros"),
+        data=None,
+    )
+    zeros.step(first)
+    assert zeros.sae.b_dec.abs().max() < 1e-9
+    with pytest.raises(ValueError, match="sae.b_dec_init must be one of"):
+        TrainConfig(b_dec_init="mean")
 
 
 def test_nan_loss_names_the_step():
