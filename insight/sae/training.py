@@ -278,18 +278,22 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
     b_dec_init: str = "geometric_median"
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.b_dec_init not in B_DEC_STARTS:
             raise ValueError(
                 f"sae.b_dec_init must be one of {B_DEC_STARTS}, not {self.b_dec_init!r}"
             )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"sae.grad_clip must be positive or null, not {self.grad_clip}")
 
 
 class SAETrainer:
     """Adam on the Matryoshka BatchTopK objective, with full-state checkpoints. With
     ``b_dec_init: geometric_median`` the first step starts ``b_dec`` at its batch's
-    geometric median, as the release's dictionary_learning trainer does."""
+    geometric median, as the release's dictionary_learning trainer does; ``grad_clip``
+    caps the gradient's total norm after the decoder's parallel component is removed."""
 
     def __init__(
         self,
@@ -324,6 +328,8 @@ class SAETrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.sae.remove_parallel_decoder_grad()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.sae.normalise_decoder()
         self.sae.update_statistics(out["cols"], out["acts"], batch.shape[0])

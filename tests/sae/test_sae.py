@@ -235,6 +235,23 @@ def test_b_dec_starts_at_the_first_batchs_geometric_median():
         TrainConfig(b_dec_init="mean")
 
 
+def test_grad_clip_caps_the_total_gradient_norm():
+    batch = torch.randn(64, 16) * 50.0
+
+    def gradient_after_one_step(grad_clip):
+        train = TrainConfig(batch_size=64, b_dec_init="zeros", grad_clip=grad_clip)
+        trainer = SAETrainer(MatryoshkaBatchTopKSAE(SMALL, seed=0), train, data=None)
+        trainer.step(batch)
+        return torch.cat([p.grad.flatten() for p in trainer.sae.parameters() if p.grad is not None])
+
+    free, clipped = gradient_after_one_step(None), gradient_after_one_step(0.5)
+    assert free.norm() > 5.0
+    assert clipped.norm() == pytest.approx(0.5, rel=1e-4)
+    torch.testing.assert_close(clipped, free * (0.5 / free.norm()), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="sae.grad_clip must be positive or null"):
+        TrainConfig(grad_clip=0.0)
+
+
 def test_nan_loss_names_the_step():
     trainer = SAETrainer(MatryoshkaBatchTopKSAE(SMALL), TrainConfig(batch_size=8), data=None)
     with pytest.raises(FloatingPointError, match="step 0"):
