@@ -200,9 +200,8 @@ def test_geometric_median_matches_a_direct_minimisation():
         options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 20_000},
     ).x
     np.testing.assert_allclose(median, direct, atol=1e-3)
-    assert (
-        np.linalg.norm(median - points.mean(0)) > 3.0
-    )  # the outliers pull the mean, not the median
+    # the outliers pull the mean, not the median
+    assert np.linalg.norm(median - points.mean(0)) > 3.0
     # three points on a line: the middle one
     line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(geometric_median(line, tol=1e-12), line[1], atol=1e-6, rtol=0)
