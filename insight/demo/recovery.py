@@ -26,7 +26,8 @@ def world_recovery(
     top_concepts: int = 20,
 ) -> dict:
     """How much of the demo world the concepts recovered: the share of the most
-    frequent concepts named with the world's words, and the family edges that mirror the
+    frequent concepts named with the world's words, the part and object concepts named
+    with their own words (against shuffled names), and the family edges that mirror the
     world's part-of structure, against the count expected with shuffled parents. Concept
     labels come from the thresholded codes on the world's part-annotated scenes."""
     from insight.demo import world
@@ -60,6 +61,7 @@ def world_recovery(
         naming[f"{kind}_concepts"] = len(labelled)
         naming[f"{kind}_concepts_world_named"] = named
         naming[f"{kind}_concepts_world_named_fraction"] = named / len(labelled) if labelled else 0.0
+        naming[f"{kind}_concepts_own_word"] = world.own_word_naming(labels, name_of)
     edges = sorted(load_families(families_path).edges)
     return {
         "images": len(pairs),

@@ -583,6 +583,43 @@ def family_recovery(
     }
 
 
+OWN_WORDS = {
+    **{part: {part, obj} for part, obj in PART_OF.items()},
+    **{obj: {obj, *parts} for obj, parts in OBJECT_PARTS.items()},
+}  # the words that name a part concept (its part, its object) or an object concept
+
+
+def own_word_naming(
+    labels: list[str | None], name_of: dict[int, str], rounds: int = 1000, seed: int = 0
+) -> dict:
+    """How many labelled concepts (a part or object label per concept, None elsewhere) are
+    named with one of their own label's :data:`OWN_WORDS`: a part concept with its part's
+    or its object's word, an object concept with its object's or a part's. Against chance:
+    the mean count with the names shuffled among the same concepts, and the share of
+    ``rounds`` shuffles that match as many or more (the permutation p-value)."""
+    concepts = [c for c, label in enumerate(labels) if label is not None]
+    names = [name_of.get(c) for c in concepts]
+
+    def own(assigned: list[str | None]) -> int:
+        return sum(
+            bool(set((name or "").split()) & OWN_WORDS[labels[c]])
+            for c, name in zip(concepts, assigned, strict=True)
+        )
+
+    named = own(names)
+    rng = np.random.default_rng(seed)
+    shuffled = np.array(
+        [own(list(rng.permutation(np.array(names, object)))) for _ in range(rounds)]
+    )
+    return {
+        "concepts": len(concepts),
+        "named": named,
+        "fraction": named / len(concepts) if concepts else 0.0,
+        "shuffled_names": float(shuffled.mean()) if concepts else 0.0,
+        "p_value": float((shuffled >= named).mean()) if concepts and named else 1.0,
+    }
+
+
 def is_world_name(name: str | None) -> bool:
     """A concept name made of the world's words (an object, part, ground or colour)."""
     words = set(CLASSES) | set(PARTS) | set(COLOURS)

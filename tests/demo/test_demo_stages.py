@@ -36,4 +36,8 @@ def test_world_recovery_reports_names_and_families(tiny_run):
     naming = result["naming"]
     assert naming["top_concepts"] == len(naming["concepts"]) <= 20
     assert 0 <= naming["world_named_fraction"] <= 1
+    for kind in ("part", "object"):
+        own_word = naming[f"{kind}_concepts_own_word"]
+        assert own_word["concepts"] == naming[f"{kind}_concepts"]
+        assert own_word["named"] <= naming[f"{kind}_concepts_world_named"]
     assert {"edges", "planted_edges", "p_value"} <= set(result["families"])

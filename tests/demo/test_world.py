@@ -174,6 +174,22 @@ def test_planted_edges_are_object_parent_and_part_child():
     assert not world.is_world_name("happiness") and not world.is_world_name(None)
 
 
+def test_own_word_naming_against_shuffled_names_by_hand():
+    """A wheel concept named "red car" (its object's word) and a car concept named "wheel"
+    (its part's) are named right; "mushroom" on a roof concept and no name are not.
+    Shuffled, "red car" and "wheel" each land on the wheel or the car concept with
+    probability 2/4, so 1.0 right on average, and both with (2/4)(1/3) = 1/6."""
+    labels = ["wheel", "car", None, "roof", "house"]
+    name_of = {0: "red car", 1: "wheel", 2: "car", 3: "mushroom"}
+    result = world.own_word_naming(labels, name_of, rounds=4000)
+    assert (result["concepts"], result["named"], result["fraction"]) == (4, 2, 0.5)
+    assert result["shuffled_names"] == pytest.approx(1.0, abs=0.05)
+    assert result["p_value"] == pytest.approx(1 / 6, abs=0.03)
+    nothing_right = world.own_word_naming(labels, {0: "sky", 1: "roof"})
+    assert nothing_right["named"] == 0 and nothing_right["p_value"] == 1.0
+    assert world.own_word_naming([None, None], name_of)["concepts"] == 0
+
+
 def test_demo_config_matches_the_world():
     cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
     assert cfg["ovs"]["custom"]["world"]["classes"] == list(world.CLASSES)

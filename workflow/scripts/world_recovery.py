@@ -30,4 +30,13 @@ log.info(
     families["p_value"],
     families["planted_pairs"],
 )
+own_word = result["naming"]["part_concepts_own_word"]
+log.info(
+    "%d of %d part concepts named with their own part's or object's word "
+    "(%.1f with shuffled names, p = %.3f)",
+    own_word["named"],
+    own_word["concepts"],
+    own_word["shuffled_names"],
+    own_word["p_value"],
+)
 write_json(result, snakemake.output[0])
