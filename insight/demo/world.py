@@ -526,6 +526,12 @@ def shuffled_planted_edges(
     ).reshape(-1, len(PLANTED_PAIRS))
 
 
+def permutation_p_value(null: np.ndarray, observed: int) -> float:
+    """The share of the chance counts ``null`` (one per shuffle) that reach ``observed``;
+    1.0 without shuffles. Counts are never negative, so nothing observed gives 1.0."""
+    return float((null >= observed).mean()) if len(null) else 1.0
+
+
 def family_recovery(
     edges: list[tuple[int, int]],
     part: list[str | None],
@@ -545,14 +551,11 @@ def family_recovery(
     shuffled = shuffled_planted_edges(edges, part, obj)
     totals = shuffled.sum(1)
 
-    def p_value(null: np.ndarray, observed: int) -> float:
-        return float((null >= observed).mean()) if len(null) else 1.0
-
     pairs = {
         pair: {
             "planted_edges": int(by_pair[i]),
             "shuffled_parents": float(shuffled[:, i].mean()) if len(shuffled) else 0.0,
-            "p_value": p_value(shuffled[:, i], int(by_pair[i])) if by_pair[i] else 1.0,
+            "p_value": permutation_p_value(shuffled[:, i], int(by_pair[i])),
         }
         for i, pair in enumerate(PLANTED_PAIRS)
     }
@@ -564,7 +567,7 @@ def family_recovery(
         "object_to_part_edges": sum(1 for p, c in edges if obj[p] and part[c]),
         "planted_edges": len(planted),
         "planted_edges_shuffled_parents": float(totals.mean()) if len(totals) else 0.0,
-        "p_value": p_value(totals, len(planted)),
+        "p_value": permutation_p_value(totals, len(planted)),
         "planted_pairs": sorted({f"{obj[p]} {part[c]}" for p, c in planted}),
         "pairs": pairs,
         "significant_pairs": significant,
@@ -608,15 +611,14 @@ def own_word_naming(
 
     named = own(names)
     rng = np.random.default_rng(seed)
-    shuffled = np.array(
-        [own(list(rng.permutation(np.array(names, object)))) for _ in range(rounds)]
-    )
+    name_array = np.array(names, object)
+    shuffled = np.array([own(list(rng.permutation(name_array))) for _ in range(rounds)])
     return {
         "concepts": len(concepts),
         "named": named,
         "fraction": named / len(concepts) if concepts else 0.0,
-        "shuffled_names": float(shuffled.mean()) if concepts else 0.0,
-        "p_value": float((shuffled >= named).mean()) if concepts and named else 1.0,
+        "shuffled_names": float(shuffled.mean()) if len(shuffled) else 0.0,
+        "p_value": permutation_p_value(shuffled, named),
     }
 
 
