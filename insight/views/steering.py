@@ -135,6 +135,7 @@ def steering_on_test_split(
         families,
         steer["with_family"],
         steer["factor"],
+        control_draws=steer["control_draws"],
     )
     for entry in result["targets"].values():
         for example in entry.get("examples", []):
@@ -226,6 +227,30 @@ def concepts_with_words(
     return sorted(found)
 
 
+def _steered_shares(
+    codes: Sequence[torch.Tensor],
+    images: Sequence[int],
+    before: Sequence[str],
+    word: str,
+    caption: Callable[[Sequence[torch.Tensor]], list[str]],
+    concepts: Sequence[int],
+    factor: float,
+) -> dict:
+    """The share of ``images`` whose caption changes, and the share that no longer mention
+    ``word``, when ``concepts`` are scaled by ``factor``; with the (before, after) pairs."""
+    scales = dict.fromkeys(concepts, factor)
+    after = caption([scale_concepts(codes[i], scales) for i in images])
+    pairs = list(zip(images, after, strict=True))
+    return {
+        "changed_fraction": sum(a != before[i] for i, a in pairs) / len(images),
+        "removed_fraction": sum(
+            mentions(before[i], word) and not mentions(a, word) for i, a in pairs
+        )
+        / len(images),
+        "pairs": [{"image": i, "caption": before[i], "steered_caption": a} for i, a in pairs],
+    }
+
+
 def steering_study(
     codes: Sequence[torch.Tensor],
     references: Sequence[Sequence[str]],
@@ -236,6 +261,7 @@ def steering_study(
     with_family: bool = False,
     factor: float = 0.0,
     seed: int = 0,
+    control_draws: int = 50,
 ) -> dict:
     """Steer captions by named concepts (Sec. 4.3, Fig. 6) over a set of test images.
 
@@ -244,8 +270,10 @@ def steering_study(
     concept names that stand for it), the concepts named with those words (and their family
     descendants) are scaled by ``factor`` on the images whose reference captions mention the
     word. Reported per word: how many of those captions changed and how many no longer
-    mention the word; and, as a control, the same counts when as many *other* concepts,
-    drawn at random among those active on the images, are scaled instead."""
+    mention the word; and, as a control, the same shares when as many *other* concepts as
+    the named ones active on those images (the lookup is over the activated concepts, App.
+    C.5), drawn at random among those active there, are scaled instead: the mean over
+    ``control_draws`` draws, with the range of the changed share."""
     generator = torch.Generator().manual_seed(seed)
     before = caption(codes)
     report = {}
@@ -258,29 +286,34 @@ def steering_study(
             "images": len(images),
         }
         if not chosen or not images:
-            report[word] = {**entry, "changed_fraction": None, "removed_fraction": None}
+            report[word] = {
+                **entry,
+                "active_concepts": 0,
+                "changed_fraction": None,
+                "removed_fraction": None,
+            }
             continue
         active = torch.zeros(codes[0].shape[-1], dtype=torch.bool)
         for i in images:
             active |= (codes[i] > 0).any(0)
+        entry["active_concepts"] = int(active[chosen].sum())
         active[chosen] = False
         others = torch.nonzero(active).flatten()
-        control = others[torch.randperm(len(others), generator=generator)[: len(chosen)]].tolist()
-        results = {}
-        for label, concepts in (("", chosen), ("control_", control)):
-            scales = dict.fromkeys(concepts, factor)
-            after = caption([scale_concepts(codes[i], scales) for i in images])
-            changed = [a != before[i] for a, i in zip(after, images, strict=True)]
-            removed = [
-                mentions(before[i], word) and not mentions(a, word)
-                for a, i in zip(after, images, strict=True)
-            ]
-            results[f"{label}changed_fraction"] = sum(changed) / len(images)
-            results[f"{label}removed_fraction"] = sum(removed) / len(images)
-            if not label:
-                results["examples"] = [
-                    {"image": i, "caption": before[i], "steered_caption": a}
-                    for a, i in list(zip(after, images, strict=True))[:5]
-                ]
+        draws = [
+            others[torch.randperm(len(others), generator=generator)[: entry["active_concepts"]]]
+            for _ in range(control_draws)
+        ]
+        results = _steered_shares(codes, images, before, word, caption, chosen, factor)
+        results["examples"] = results.pop("pairs")[:5]
+        control = [
+            _steered_shares(codes, images, before, word, caption, d.tolist(), factor) for d in draws
+        ]
+        changed = [c["changed_fraction"] for c in control]
+        results["control_draws"] = control_draws
+        results["control_changed_fraction"] = sum(changed) / control_draws
+        results["control_changed_range"] = [min(changed), max(changed)]
+        results["control_removed_fraction"] = (
+            sum(c["removed_fraction"] for c in control) / control_draws
+        )
         report[word] = {**entry, **results}
     return {"factor": factor, "with_family": with_family, "images": len(codes), "targets": report}

@@ -146,6 +146,59 @@ def test_steering_study_counts_changed_and_removed_captions_against_a_control():
     assert missing["targets"]["dog"]["changed_fraction"] is None
 
 
+def test_the_steering_control_zeroes_as_many_concepts_as_the_named_ones_that_fire():
+    """Two concepts are named "cat" but only concept 0 fires on the cat images: the
+    control zeroes one other active concept, not two."""
+    names = pa.table({"concept": [0, 1, 2, 3, 4], "name": ["cat", "cat", "sky", "sky", "sky"]})
+    codes = [torch.zeros(2, 5) for _ in range(3)]
+    for c in codes:
+        c[:, [0, 2, 3, 4]] = 1.0  # concept 1 never fires
+    calls = []
+
+    def caption(batch):
+        calls.append([z.clone() for z in batch])
+        return ["a cat"] * len(batch)
+
+    report = steering_study(codes, [["a cat"]] * 3, caption, {"cat": ["cat"]}, names)
+    cat = report["targets"]["cat"]
+    assert (cat["concepts"], cat["active_concepts"]) == (2, 1)
+    before, named, *controls = calls
+    assert all(z[:, 0].sum() == 0 and z[:, 2:].sum() == 6 for z in named)
+    assert len(controls) == cat["control_draws"] == 50
+    drawn = set()
+    for control in controls:  # concept 1 plus one drawn among 2, 3 and 4, the same on every image
+        zeroed = [tuple(torch.nonzero(z.sum(0) == 0).flatten().tolist()) for z in control]
+        assert len(set(zeroed)) == 1 and len(zeroed[0]) == 2 and zeroed[0][0] == 1
+        drawn.add(zeroed[0][1])
+    assert drawn == {2, 3, 4}  # 50 draws of one among three reach all three
+
+
+def test_the_steering_control_is_the_mean_over_its_draws():
+    """Concept 0 is named "cat"; the caption changes only when concept 2 is zeroed, so a
+    control of one concept drawn among 2, 3 and 4 changes the captions in about a third of
+    the draws, and its mean is the share of draws that drew 2."""
+    names = pa.table({"concept": [0, 1, 2, 3, 4], "name": ["cat", "dog", "sky", "sky", "sky"]})
+    codes = [torch.ones(2, 5) for _ in range(2)]
+    codes[0][:, 1] = codes[1][:, 1] = 0.0
+    drawn_two = []
+
+    def caption(batch):
+        said = ["a cat" if (z[:, 2] > 0).all() else "a sky" for z in batch]
+        if all(z[:, 0].sum() > 0 for z in batch):  # not the named run
+            drawn_two.append(said[0] == "a sky")
+        return said
+
+    report = steering_study(
+        codes, [["a cat"]] * 2, caption, {"cat": ["cat"]}, names, control_draws=30
+    )
+    cat = report["targets"]["cat"]
+    draws = drawn_two[1:]  # the first call is the captions before steering
+    assert len(draws) == 30 and 0 < sum(draws) < 30
+    assert cat["control_changed_fraction"] == pytest.approx(sum(draws) / 30)
+    assert cat["control_removed_fraction"] == pytest.approx(sum(draws) / 30)
+    assert cat["control_changed_range"] == [0.0, 1.0] and cat["changed_fraction"] == 0.0
+
+
 def test_zeroing_a_concept_removes_exactly_its_contribution(sae, codes):
     steered = steered_reconstruction(sae, codes, {2: 0.0, 4: 3.0})
     expected = sae.decode(codes) - codes[:, 2:3] * sae.W_dec[2] + 2 * codes[:, 4:5] * sae.W_dec[4]

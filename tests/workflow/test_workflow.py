@@ -83,6 +83,14 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
     }
 
 
+@pytest.mark.slow
+def test_changing_the_steering_study_reruns_the_study_only(demo_run, tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("captioning:\n  steering:\n    control_draws: 5\n")
+    result = snakemake(demo_run, *DEMO, str(override), "-n")
+    assert planned_jobs(result.stdout) == {"caption_steering": 1, "all": 1}
+
+
 def planned_after_edit(workdir: Path, module: str) -> dict[str, int]:
     """The jobs a dry run plans after appending a comment to ``module`` (then undone)."""
     path = workdir / module
@@ -583,14 +591,20 @@ def test_demo_captioning_table_and_steering(demo_run):
     assert set(steering["targets"]) == {"house", "tree", "car", "mushroom"}
     for word, entry in steering["targets"].items():
         assert entry["images"] > 0, word  # test images whose references mention it
+        assert 0 <= entry["active_concepts"] <= entry["concepts"], word
         if entry["concepts"]:
             changed = [e["caption"] != e["steered_caption"] for e in entry["examples"]]
             assert entry["changed_fraction"] >= sum(changed) / entry["images"]
             assert 0 <= entry["removed_fraction"] <= entry["changed_fraction"]
     # zeroing the concepts named for an object changes at least half of the captions of
-    # the images that show it, for several objects (the house and the tree on two CPUs)
+    # the images that show it, and more than as many random active concepts do on
+    # average, for several objects (the house and the tree on two CPUs)
     steered_objects = [
-        w for w, e in steering["targets"].items() if (e["changed_fraction"] or 0) >= 0.5
+        w
+        for w, e in steering["targets"].items()
+        if e["changed_fraction"] is not None
+        and e["changed_fraction"] >= 0.5
+        and e["changed_fraction"] > e["control_changed_fraction"]
     ]
     assert len(steered_objects) >= 2, steering["targets"]
     names = duckdb.sql(

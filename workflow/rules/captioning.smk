@@ -16,7 +16,7 @@ rule caption_tokens:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        cfg=config["captioning"],
+        cfg=captioner_settings(),
         backbone=config["backbone"],
         device=config["device"],
         gamma=config["dinoiser"]["gamma"],
@@ -44,7 +44,7 @@ rule train_captioner:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        cfg=config["captioning"],
+        cfg=captioner_settings(),
         device=config["device"],
         code=script_version("train_captioner"),
     script:

@@ -211,6 +211,12 @@ def classification_root(wildcards):
     return [root] if root == DEMO_IMAGEFOLDER or Path(root).exists() else []
 
 
+def captioner_settings():
+    """The captioning section less the steering study, which only caption_steering reads:
+    a new steering target reruns the study, not the captioners."""
+    return {k: v for k, v in config["captioning"].items() if k != "steering"}
+
+
 def captioning_data(wildcards=None):
     """The Karpathy split file and the images (the demo's folder, which the workflow
     makes, or a COCO root that must exist); a missing one says what to download."""

@@ -25,11 +25,18 @@ result = steering_on_test_split(
 )
 write_json(result, snakemake.output[0])
 for word, entry in result["targets"].items():
+    if entry["changed_fraction"] is None:
+        log.info("%s: no concept named or no test image; skipped", word)
+        continue
     log.info(
-        "%s: %d concepts, %d images, captions changed %s (control %s)",
+        "%s: %d concepts named, %d fire on its %d images; captions changed %.0f%% "
+        "(control %.0f%%, %d draws from %.0f%% to %.0f%%)",
         word,
         entry["concepts"],
+        entry["active_concepts"],
         entry["images"],
-        entry["changed_fraction"],
-        entry.get("control_changed_fraction"),
+        100 * entry["changed_fraction"],
+        100 * entry["control_changed_fraction"],
+        entry["control_draws"],
+        *(100 * x for x in entry["control_changed_range"]),
     )
