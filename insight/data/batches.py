@@ -46,7 +46,7 @@ class BatchTransform:
         """Resize/crop/convert one PIL image; returns an (H, W, 3) uint8 array."""
         for step in self.pil_steps:
             image = step(image)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # writable, for torch.from_numpy
 
     def batch(self, pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, H, W)`` float32 on ``device``."""
