@@ -41,7 +41,8 @@ def test_train_sae_from_shards_reports_and_leaves_no_checkpoint(tiny_run):
 def test_encode_concept_shard_writes_the_thresholded_codes(tiny_run):
     sae = load_sae(tiny_run.results / "models/sae.safetensors")
     features = embeddings_of(pq.read_table(tiny_run.results / "features/demo/shard-00000.parquet"))
-    codes = sae.encode(torch.from_numpy(features)).detach().numpy()
+    # torch.tensor copies: the Arrow buffers behind the features are read-only
+    codes = sae.encode(torch.tensor(features)).detach().numpy()
     table = pq.read_table(tiny_run.results / "concepts/demo/shard-00000.parquet")
     assert table.num_rows == (codes > 0).sum() == tiny_run.reports["concepts"]["activations"]
     rows = table.slice(0, 50).to_pylist()
