@@ -43,10 +43,10 @@ class BatchTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def pil(self, image) -> np.ndarray:
-        """Resize/crop/convert one PIL image; returns an (H, W, 3) uint8 array."""
+        """Resize/crop/convert one PIL image; returns a writable (H, W, 3) uint8 array."""
         for step in self.pil_steps:
             image = step(image)
-        return np.array(image.convert("RGB"), dtype=np.uint8)  # writable, for torch.from_numpy
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a copy: PIL's view is read-only
 
     def batch(self, pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, H, W)`` float32 on ``device``."""

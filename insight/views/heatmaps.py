@@ -37,7 +37,7 @@ def image_codes(
     the patch features (N, d), the concept codes (N, m) (thresholded, or BatchTopK over the
     image's own patches when ``batch_topk``), and the patch grid (h, w)."""
     crop = transform.pil(image.convert("RGB"))
-    x = transform.batch(torch.from_numpy(crop.copy())[None], device)
+    x = transform.batch(torch.from_numpy(crop)[None], device)
     features = encoder(x)[0]
     codes = sae.encode_batch_topk(features) if batch_topk else sae.encode(features)
     return crop, features, codes, patch_grid(encoder.visual, *x.shape[-2:])

@@ -30,7 +30,8 @@ def test_extract_shard_from_index_writes_the_encoders_features(tiny_run):
     assert table.schema.metadata[b"insight.backbone"].decode() == grid.name
     first = tiny_run.refs[0]
     pixels = models.transform.pil(Image.open(first.path).convert("RGB"))
-    x = models.transform.batch(torch.tensor(pixels)[None], "cpu")  # a copy: pil() is read-only
+    assert pixels.flags.writeable  # torch.from_numpy shares it without a warning
+    x = models.transform.batch(torch.from_numpy(pixels)[None], "cpu")
     expected = models.encoder(x)[0]
     rows = table.filter(pc.equal(table["image_id"], first.image_id))
     got = torch.tensor(rows["embedding"].to_pylist())

@@ -31,7 +31,7 @@ def test_image_codes_are_the_sae_codes_of_the_encoder_features(tiny_clip, tmp_pa
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), np.uint8))
     crop, features, codes, grid = image_codes(image, encoder, transform, sae, batch_topk=True)
     assert crop.shape == (224, 224, 3) and grid == (14, 14)
-    expected = encoder(transform.batch(torch.from_numpy(transform.pil(image).copy())[None]))[0]
+    expected = encoder(transform.batch(torch.from_numpy(transform.pil(image))[None]))[0]
     assert torch.allclose(features, expected)
     assert torch.equal(codes, sae.encode_batch_topk(expected))
     path = tmp_path / "figure.png"
