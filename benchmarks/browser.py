@@ -22,7 +22,7 @@ from _common import parser as benchmark_parser
 from PIL import Image
 
 from insight.data.images import ImageRef
-from insight.views.browser import render_thumbnails
+from insight.views.browser.thumbnails import render_thumbnails
 from insight.views.heatmaps import COLOUR_MAP, activation_grid
 
 

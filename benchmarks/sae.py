@@ -20,7 +20,7 @@ from _common import parser as benchmark_parser
 from insight.core.runtime import resolve_device
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
 from insight.sae.reference import reference_step
-from insight.sae.training import SAETrainer, TrainConfig
+from insight.sae.trainer import SAETrainer, TrainConfig
 
 
 def main() -> None:

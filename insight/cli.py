@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml"
+from insight.core.sections import Settings
 
 
 def _update(base: dict, extra: dict) -> dict:
@@ -31,7 +31,7 @@ def _update(base: dict, extra: dict) -> dict:
     return base
 
 
-def load_config(configfiles: Sequence[str | Path], base: str | Path = "config.yaml") -> dict:
+def load_config_dict(configfiles: Sequence[str | Path], base: str | Path = "config.yaml") -> dict:
     """``base`` (when it exists) updated by each config file in order, then validated
     against the workflow schema, which also fills in the defaults."""
     from insight.core.settings import validate_config
@@ -42,8 +42,14 @@ def load_config(configfiles: Sequence[str | Path], base: str | Path = "config.ya
             _update(config, yaml.safe_load(handle) or {})
     if not config:
         raise FileNotFoundError(f"no config: {base} does not exist and no --configfile given")
-    validate_config(config, SCHEMA)
-    return config
+    return validate_config(config)
+
+
+def load_config(configfiles: Sequence[str | Path], base: str | Path = "config.yaml") -> Settings:
+    """The typed settings of :func:`load_config_dict`, as a workflow job gets them."""
+    from insight.core.settings import settings_from_config
+
+    return settings_from_config(load_config_dict(configfiles, base))
 
 
 def _explain(args: argparse.Namespace) -> int:

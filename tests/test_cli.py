@@ -23,7 +23,7 @@ def _write_config(tmp_path, cfg):
 
 
 def test_explain_prints_the_label_and_files(tiny_run, tmp_path, monkeypatch, capsys):
-    config = _write_config(tmp_path, tiny_run.cfg)
+    config = _write_config(tmp_path, tiny_run.config)
     monkeypatch.chdir(tmp_path)  # no config.yaml here: the config is run.yaml alone
     argv = ["explain", str(tiny_run.refs[0].path), "--label", "house"]
     argv += ["--configfile", str(config), "--results", str(tiny_run.results), "--out", "out"]
@@ -34,7 +34,7 @@ def test_explain_prints_the_label_and_files(tiny_run, tmp_path, monkeypatch, cap
 
 def test_errors_are_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    good = _write_config(tmp_path, tiny_run.cfg)
+    good = _write_config(tmp_path, tiny_run.config)
     (tmp_path / "notes.txt").write_text("not a picture")
     common = ["--configfile", str(good), "--results", str(tiny_run.results)]
     assert main(["explain", "notes.txt", "--label", "house", *common]) == 2

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from insight.cli import load_config
+from insight.cli import load_config_dict
 from insight.core.io import write_parquet
+from insight.core.sections import Settings
+from insight.core.settings import settings_from_config
 from insight.data.images import assign_shards, decode_policy, list_images
 from insight.demo.layouts import (
     make_caption_dataset,
@@ -39,7 +41,7 @@ from insight.models.dinoiser_training import (
     teacher_spec,
     train_dinoiser_from_images,
 )
-from insight.models.frozen import frozen_spec
+from insight.models.frozen import model_bundle
 from insight.naming.embed import embed_vocabulary
 from insight.naming.names import name_concepts
 from insight.naming.vocabulary import build_index, build_vocabulary, save_index
@@ -62,7 +64,8 @@ class TinyRun:
     """Where each stage's output of the toy run is, and what the stages returned."""
 
     root: Path
-    cfg: dict
+    cfg: Settings
+    config: dict  # the validated config cfg was built from (what a config file holds)
     results: Path
     index: object
     refs: list
@@ -70,9 +73,10 @@ class TinyRun:
     reports: dict
 
 
-def tiny_config() -> dict:
-    """config.yaml + config/demo.yaml, validated (defaults in), then shrunk."""
-    cfg = load_config([REPO / "config/demo.yaml"], base=REPO / "config.yaml")
+def tiny_config(root: Path) -> dict:
+    """config.yaml + config/demo.yaml, validated (defaults in), then shrunk; the captioning
+    data under ``root``."""
+    cfg = load_config_dict([REPO / "config/demo.yaml"], base=REPO / "config.yaml")
     cfg["backbone"] = dict(TINY_BACKBONE)
     cfg["dinoiser"].update(epochs=1, batch_size=4, images=4)
     cfg["features"].update(batch_size=4, row_group_images=4)
@@ -85,14 +89,18 @@ def tiny_config() -> dict:
     cfg["captioning"].update(epochs=1, batch_size=4, max_new_tokens=6)
     cfg["captioning"]["images"] = {"train": 6, "val": 2, "test": 2}
     cfg["ovs"].update(explain_images=1)
+    cfg["captioning"]["split_file"] = str(root / "captions/dataset_coco.json")
+    cfg["captioning"]["images_root"] = str(root / "captions")
+    cfg["captioning"]["language_model"] = str(root / "captions/gpt2")
     return cfg
 
 
 def build_tiny_run(root: Path) -> TinyRun:
     torch.manual_seed(0)
-    cfg = tiny_config()
+    config = tiny_config(root)
+    cfg = settings_from_config(config)
     results = root / "results"
-    spec = backbone_spec(cfg["backbone"])
+    spec = backbone_spec(cfg.backbone)
     reports: dict = {}
 
     make_scene_images(root / "images", 8, seed=0)
@@ -100,40 +108,37 @@ def build_tiny_run(root: Path) -> TinyRun:
     index = assign_shards(refs, 8)
     write_parquet(index, results / "images/demo/index.parquet")
 
-    dinoiser_cfg = cfg["dinoiser"]
     g, reports["dinoiser"] = train_dinoiser_from_images(
-        refs[: dinoiser_cfg["images"]],
+        refs[: cfg.dinoiser.images],
         spec,
-        teacher_spec(dinoiser_cfg["teacher"]),
-        dinoiser_train_config(dinoiser_cfg),
-        decode_policy(cfg["images"]),
+        teacher_spec(cfg.dinoiser.teacher),
+        dinoiser_train_config(cfg.dinoiser),
+        decode_policy(cfg.images),
         CPU,
         batch_size=4,
     )
     save_dinoiser(g, results / "models/dinoiser.safetensors")
-    frozen = frozen_spec(
-        cfg["backbone"], [results / "models/dinoiser.safetensors"], dinoiser_cfg["gamma"]
-    )
+    frozen = model_bundle(cfg, [results / "models/dinoiser.safetensors"])
 
     shard = results / "features/demo/shard-00000.parquet"
     reports["features"] = extract_shard_from_index(
         index,
         0,
         frozen,
-        extract_config(cfg["features"], cfg["images"]),
+        extract_config(cfg.features, cfg.images),
         CPU,
         shard,
         results / "features/demo/rejected/shard-00000.parquet",
     )
 
-    sae, reports["sae"] = train_sae_from_shards([shard], cfg["sae"], CPU, results / "checkpoints")
+    sae, reports["sae"] = train_sae_from_shards([shard], cfg.sae, CPU, results / "checkpoints")
     save_sae(sae, results / "models/sae.safetensors")
     concepts = results / "concepts/demo/shard-00000.parquet"
     reports["concepts"] = encode_concept_shard(
-        results / "models/sae.safetensors", shard, concepts, cfg["sae"]["encode_chunk"], CPU
+        results / "models/sae.safetensors", shard, concepts, cfg.sae.encode_chunk, CPU
     )
 
-    partial = reduce_partials([_saved_partial(concepts, cfg, results)], cfg["sae"]["d_sae"])
+    partial = reduce_partials([_saved_partial(concepts, cfg, results)], cfg.sae.d_sae)
     write_parquet(cooccurrence_table(partial, 0.05), results / "hierarchy/cooccurrence.parquet")
     write_parquet(totals_table(partial), results / "hierarchy/totals.parquet")
     graph, _ = family_dag(cooccurrence_table(partial, 0.05), totals_table(partial), 0.75)
@@ -147,7 +152,7 @@ def build_tiny_run(root: Path) -> TinyRun:
     write_parquet(vocabulary, results / "vocabulary/terms.parquet")
     terms = vocabulary["term"].to_pylist()
     table, reports["vocabulary"] = embed_vocabulary(
-        terms, spec, cfg["vocabulary"], results / "vocabulary/cache", CPU
+        terms, spec, cfg.vocabulary, results / "vocabulary/cache", CPU
     )
     write_parquet(table, results / "vocabulary/embeddings.parquet")
     vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
@@ -159,27 +164,24 @@ def build_tiny_run(root: Path) -> TinyRun:
         [concepts],
         results / "vocabulary/embeddings.parquet",
         results / "vocabulary/index.faiss",
-        cfg["naming"],
+        cfg.naming,
     )
     write_parquet(names, results / "naming/names.parquet")
 
     make_voc_dataset(root / "voc", 2, size=(160, 120))
     make_part_dataset(root / "parts", 2, size=(96, 96))
     make_imagefolder(root / "imagefolder", {"train": 3, "val": 2}, size=(96, 96))
-    cfg["captioning"]["split_file"] = str(root / "captions/dataset_coco.json")
-    cfg["captioning"]["images_root"] = str(root / "captions")
-    cfg["captioning"]["language_model"] = str(root / "captions/gpt2")
     make_caption_dataset(
         root / "captions",
         {"train": 6, "val": 2, "test": 2},
         size=(96, 96),
         language_model={"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 64},
     )
-    return TinyRun(root, cfg, results, index, refs, frozen, reports)
+    return TinyRun(root, cfg, config, results, index, refs, frozen, reports)
 
 
-def _saved_partial(concepts: Path, cfg: dict, results: Path) -> Path:
+def _saved_partial(concepts: Path, cfg: Settings, results: Path) -> Path:
     path = results / "hierarchy/partials/0000.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    shards_partial([concepts], cfg["sae"]["d_sae"]).save(path)
+    shards_partial([concepts], cfg.sae.d_sae).save(path)
     return path

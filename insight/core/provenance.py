@@ -2,10 +2,12 @@
 
 Snakemake sees a rule's own script but not the ``insight`` modules that script imports.
 Each rule therefore gets a ``code`` param, :func:`script_digest` of its script: a hash of
-the script's ``insight`` imports *and every insight module they import, transitively*,
-read from the source files (parent packages' ``__init__`` included, since Python runs
-them). Editing ``insight/sae/model.py`` changes the digest of every rule whose script
-reaches it and of nothing else; Snakemake's ``params`` rerun trigger does the rest.
+the script's ``insight`` imports *and every insight module they import, transitively*
+(parent packages' ``__init__`` included, since Python runs them). What is hashed is each
+module's syntax tree without its docstrings (:func:`code_fingerprint`), not its bytes: a
+comment, a docstring or a reformatting changes no digest, while any changed statement
+changes the digest of every rule whose script reaches it and of nothing else; Snakemake's
+``params`` rerun trigger does the rest.
 
 This module must stay cheap to import (no torch): the Snakefile imports it.
 """
@@ -107,12 +109,36 @@ def script_modules(script: str | Path) -> list[str]:
     return module_closure(*imports_of_source(path.read_text(), str(path)))
 
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_fingerprint(source: str, filename: str = "<source>") -> str:
+    """The statements of ``source`` as text: its syntax tree without docstrings, line
+    numbers, comments or formatting (two sources that run alike give the same text)."""
+    tree = ast.parse(source, filename=filename)
+    for node in ast.walk(tree):
+        if not isinstance(node, _DOCUMENTED) or not node.body:
+            continue
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            if isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+@cache
+def _module_fingerprint(module: str) -> str:
+    path = module_path(module)
+    return code_fingerprint(path.read_text(), str(path))
+
+
 def source_digest(*modules: str) -> str:
-    """A short hash of the source of ``modules`` and their insight imports."""
+    """A short hash of the code of ``modules`` and their insight imports
+    (:func:`code_fingerprint` of each, so comments and docstrings do not count)."""
     digest = hashlib.sha256()
     for mod in module_closure(*modules):
         digest.update(mod.encode())
-        digest.update(module_path(mod).read_bytes())
+        digest.update(_module_fingerprint(mod).encode())
     return digest.hexdigest()[:16]
 
 

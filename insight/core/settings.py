@@ -1,16 +1,25 @@
 """The workflow config: validated against its schema (one-line errors), defaults filled in,
-and its sections turned into the library's typed settings."""
+and turned once into the library's typed settings (:mod:`insight.core.sections`).
+
+The schema marks each setting that changes no output (threads, inference batch and chunk
+sizes, checkpoint cadence, caches, device, resources) with ``affects_results: false``;
+:func:`result_view` drops those, and rules take only what it keeps as their params, so a
+change of placement or speed never reruns a job.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
+from functools import cache
 from pathlib import Path
 
+from insight.core import sections
+from insight.core.sections import Settings
 
-def from_config(cls: type, cfg: dict):
-    """A config dataclass from the keys of a config section that name its fields."""
-    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls) if f.name in cfg})
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -52,13 +61,24 @@ def config_error_message(error) -> str:
     return f"config key {where or '(top level)'}{shown}: {problem}"
 
 
-def validate_config(config: dict, schema_path: str | Path) -> dict:
+@cache
+def _schema_text(path: Path) -> str:
+    return path.read_text()
+
+
+def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The workflow's config schema (a fresh copy)."""
+    import yaml
+
+    return yaml.safe_load(_schema_text(Path(schema_path)))
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Validate ``config`` against the workflow schema in place, filling in defaults;
     the first violation raises :class:`ConfigError` with a one-line message."""
-    import yaml
     from jsonschema import exceptions, validators
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     validator = _with_defaults(validators.validator_for(schema))(schema)
     error = exceptions.best_match(validator.iter_errors(config))
     if error is not None:
@@ -78,15 +98,134 @@ def published_head_missing(path: str | Path) -> str:
     )
 
 
-def check_cross_keys(config: dict) -> None:
+def check_cross_keys(settings: Settings) -> None:
     """Settings that are valid alone but not together, as a one-line :class:`ConfigError`."""
-    dinoiser = config["dinoiser"]
-    if dinoiser.get("checkpoint") and dinoiser.get("head") != "published":
+    dinoiser = settings.dinoiser
+    if dinoiser.checkpoint and dinoiser.head != "published":
         raise ConfigError(
-            f"dinoiser.checkpoint {dinoiser['checkpoint']} is CLIP-DINOiser's published head: "
+            f"dinoiser.checkpoint {dinoiser.checkpoint} is CLIP-DINOiser's published head: "
             "set dinoiser.head: published, or dinoiser.checkpoint: null to train the paper's head"
         )
-    if config["naming"].get("method") == "imported" and not config["sae"].get("checkpoint"):
+    if settings.naming.method == "imported" and not settings.sae.checkpoint:
         raise ConfigError(
             "naming.method: imported reads the names shipped with sae.checkpoint, which is not set"
         )
+
+
+# ----- typed settings ---------------------------------------------------------------------
+
+
+def _typed(kind, value):
+    """``value`` as the annotated ``kind``: a section dataclass built field by field, a
+    list as a tuple; anything else as it is."""
+    if dataclasses.is_dataclass(kind):
+        return build_section(kind, value)
+    if isinstance(value, list) and _is_tuple(kind):
+        return tuple(value)
+    return value
+
+
+def _is_tuple(kind) -> bool:
+    if typing.get_origin(kind) is tuple:
+        return True
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_is_tuple(arg) for arg in typing.get_args(kind))
+    return False
+
+
+def build_section(cls: type, data: dict):
+    """A section dataclass from its (validated, defaults filled) config mapping."""
+    hints = typing.get_type_hints(cls, vars(sections))
+    return cls(**{f.name: _typed(hints[f.name], data[f.name]) for f in dataclasses.fields(cls)})
+
+
+def settings_from_config(config: dict) -> Settings:
+    """The typed settings of a config: a copy validated against the schema, defaults from
+    the schema only, cross-key rules checked (:class:`ConfigError` on any violation)."""
+    settings = build_section(Settings, validate_config(copy.deepcopy(config)))
+    check_cross_keys(settings)
+    return settings
+
+
+def section_settings(name: str, overrides: dict | None = None):
+    """One section's typed settings: the schema's defaults with ``overrides`` (tests, and
+    library users who do not run the workflow)."""
+    checked = validate_config({name: copy.deepcopy(overrides or {})})
+    hints = typing.get_type_hints(Settings, vars(sections))
+    return _typed(hints[name], checked[name])
+
+
+# ----- what changes results ---------------------------------------------------------------
+
+
+def _node(schema: dict, dotted: str) -> dict:
+    node = schema
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def _results_only(value, node: dict):
+    """``value`` without the keys its schema ``node`` marks ``affects_results: false``."""
+    if not isinstance(value, dict) or "properties" not in node:
+        return value
+    props = node["properties"]
+    return {
+        key: _results_only(item, props.get(key, {}))
+        for key, item in value.items()
+        if props.get(key, {}).get("affects_results", True)
+    }
+
+
+def result_view(config: dict, dotted: str):
+    """The setting at ``dotted`` (``sae``, ``dinoiser.gamma``) less everything the schema
+    marks as changing no output: what a rule takes as params."""
+    value = config
+    for part in dotted.split("."):
+        value = value[part]
+    return _results_only(value, _node(load_schema(), dotted))
+
+
+def runtime_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys the schema marks ``affects_results: false`` (whole sections count
+    once)."""
+    schema = load_schema() if schema is None else schema
+    keys = []
+    for key, node in schema.get("properties", {}).items():
+        dotted = f"{prefix}{key}"
+        if node.get("affects_results", True) is False:
+            keys.append(dotted)
+        elif node.get("type") == "object":
+            keys += runtime_keys(node, f"{dotted}.")
+    return keys
+
+
+def result_settings(config: dict, *keys: str) -> dict:
+    """``{key: result_view(config, key)}`` for each dotted key: a rule's ``settings`` param."""
+    return {key: result_view(config, key) for key in keys}
+
+
+MODEL_BUNDLE_KEYS = ("backbone", "dinoiser.gamma", "features.precision")
+"""What :func:`insight.models.frozen.model_bundle` reads besides the DINOiser's weights
+file (an input): every model job takes ``result_settings(config, *MODEL_BUNDLE_KEYS)``."""
+
+
+def job_settings(job) -> Settings:
+    """The typed settings of a rule's job, from the ``snakemake`` object its script gets."""
+    return settings_from_config(job.config)
+
+
+def from_settings(cls: type, section):
+    """A library dataclass (a trainer's config, a model spec) from the same-named fields of
+    a typed section; fields the section lacks keep the dataclass's own defaults."""
+    names = [f.name for f in dataclasses.fields(cls) if hasattr(section, f.name)]
+    return cls(**{name: getattr(section, name) for name in names})
+
+
+def results_only(section: str, settings) -> dict:
+    """A typed section as the config's dict (lists, not tuples) less what the schema marks
+    as changing no output (what keys a resumable checkpoint, for example)."""
+    import json
+
+    as_config = json.loads(json.dumps(dataclasses.asdict(settings)))
+    return _results_only(as_config, _node(load_schema(), section))

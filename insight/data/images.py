@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageFile
 
+from insight.core.sections import ImagesSettings
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
@@ -243,9 +245,9 @@ def _convert(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_policy(cfg: dict) -> DecodePolicy:
+def decode_policy(settings: ImagesSettings) -> DecodePolicy:
     """The decode policy of the ``images`` config section."""
-    return DecodePolicy(max_pixels=cfg["max_pixels"], convert_modes=cfg["convert_modes"])
+    return DecodePolicy(max_pixels=settings.max_pixels, convert_modes=settings.convert_modes)
 
 
 def read_rgb_image(path: str | Path, policy: DecodePolicy = DEFAULT_POLICY) -> Image.Image:

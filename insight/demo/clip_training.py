@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from insight.core.io import save_safetensors
 from insight.core.logs import progress
-from insight.core.settings import from_config
+from insight.core.sections import ClipTrainingSettings
+from insight.core.settings import from_settings
 from insight.data.batches import BatchTransform
 from insight.models.backbone import BackboneSpec, load_clip, maskclip_head, open_clip_models
 from insight.models.prompts import imagenet_templates
@@ -337,7 +338,7 @@ def region_maps_to_tensor(paths: Sequence[Path | None], size: int) -> torch.Tens
 def train_clip_from_pairs(
     pairs_csv: str | Path,
     spec: BackboneSpec,
-    cfg: dict,
+    settings: ClipTrainingSettings,
     out_path: str | Path,
     device: torch.device,
 ) -> dict:
@@ -353,7 +354,7 @@ def train_clip_from_pairs(
         raise ValueError(f"{pairs_csv}: missing columns {sorted(missing)} (need path, caption)")
     root = Path(pairs_csv).parent
     paths, captions = table["path"].to_pylist(), table["caption"].to_pylist()
-    config = from_config(ClipTrainConfig, cfg)
+    config = from_settings(ClipTrainConfig, settings)
     size = open_clip.get_model_config(spec.model)["vision_cfg"]["image_size"]  # no model built
     images, bar = [], progress(len(paths), "load pairs", "img")
     for path in paths:

@@ -15,6 +15,7 @@ import torch
 
 from insight.core.io import atomic_path, with_provenance, write_parquet
 from insight.core.logs import progress
+from insight.core.sections import FeaturesSettings, ImagesSettings
 from insight.data.batches import BatchTransform, decoded_batches
 from insight.data.images import (
     DEFAULT_POLICY,
@@ -122,12 +123,13 @@ def extract_shard(
     return stats
 
 
-def extract_config(features: dict, images: dict) -> ExtractConfig:
+def extract_config(features: FeaturesSettings, images: ImagesSettings) -> ExtractConfig:
+    """What one extraction job needs of the ``features`` and ``images`` settings."""
     return ExtractConfig(
-        batch_size=features["batch_size"],
-        storage=features["storage"],
-        row_group_images=features["row_group_images"],
-        decode_threads=features["decode_threads"],
+        batch_size=features.batch_size,
+        storage=features.storage,
+        row_group_images=features.row_group_images,
+        decode_threads=features.decode_threads,
         policy=decode_policy(images),
     )
 

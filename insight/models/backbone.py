@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from insight.core.sections import BackboneSettings
+from insight.core.settings import from_settings
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 
@@ -228,10 +231,6 @@ def embedding_dim(visual: nn.Module) -> int:
     return int(visual.output_dim)
 
 
-def backbone_spec(cfg: dict) -> BackboneSpec:
-    return BackboneSpec(
-        model=cfg["model"],
-        pretrained=cfg.get("pretrained"),
-        checkpoint=cfg.get("checkpoint"),
-        cache_dir=cfg.get("cache_dir"),
-    )
+def backbone_spec(settings: BackboneSettings) -> BackboneSpec:
+    """The :class:`BackboneSpec` of the ``backbone`` settings."""
+    return from_settings(BackboneSpec, settings)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from insight.core.logs import progress
-from insight.core.settings import from_config
+from insight.core.sections import DinoiserSettings, TeacherSettings
+from insight.core.settings import from_settings
 from insight.data.batches import BatchTransform, decoded_batches
 from insight.data.images import DecodePolicy, ImageRef
 from insight.models.backbone import (
@@ -112,7 +113,7 @@ def teacher_affinity(
     ``clip_images`` are CLIP-normalised; they are mapped back to pixels, resized to the
     teacher's input size and normalised with the teacher's own statistics.
     """
-    cfg = teacher.pretrained_cfg
+    pretrained = teacher.pretrained_cfg
     device = clip_images.device
     mean = torch.tensor(clip_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip_std, device=device).view(1, 3, 1, 1)
@@ -120,8 +121,12 @@ def teacher_affinity(
     size = teacher.patch_embed.img_size
     if tuple(pixels.shape[-2:]) != tuple(size):
         pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
-    t_mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
-    t_std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
+    t_mean = torch.tensor(pretrained.get("mean", (0.485, 0.456, 0.406)), device=device).view(
+        1, 3, 1, 1
+    )
+    t_std = torch.tensor(pretrained.get("std", (0.229, 0.224, 0.225)), device=device).view(
+        1, 3, 1, 1
+    )
     captured: list[torch.Tensor] = []
     hook = teacher.blocks[-1].attn.qkv.register_forward_hook(
         lambda _m, _i, out: captured.append(out)
@@ -146,7 +151,7 @@ class DinoiserTrainConfig:
     teacher_threshold: float = 0.2
     d_out: int = 64
     seed: int = 0
-    head: str = "paper"  # or "published": CLIP-DINOiser's layout, trained on block -3 tokens
+    head: str = "published"  # CLIP-DINOiser's layout, trained on block -3 tokens; or "paper"
 
 
 def new_head(config: DinoiserTrainConfig, d_in: int) -> AnyDINOiser:
@@ -243,18 +248,14 @@ def stack_batches(
     return torch.cat(feats), torch.cat(targets)
 
 
-def teacher_spec(cfg: dict) -> TeacherSpec:
-    return TeacherSpec(
-        model=cfg["model"],
-        pretrained=cfg["pretrained"],
-        checkpoint=cfg.get("checkpoint"),
-        features=cfg["features"],
-        overrides=dict(cfg.get("overrides") or {}),
-    )
+def teacher_spec(settings: TeacherSettings) -> TeacherSpec:
+    """The :class:`TeacherSpec` of the ``dinoiser.teacher`` settings."""
+    return from_settings(TeacherSpec, settings)
 
 
-def dinoiser_train_config(cfg: dict) -> DinoiserTrainConfig:
-    return from_config(DinoiserTrainConfig, cfg)
+def dinoiser_train_config(settings: DinoiserSettings) -> DinoiserTrainConfig:
+    """The head's training settings from the ``dinoiser`` section (App. B.1)."""
+    return from_settings(DinoiserTrainConfig, settings)
 
 
 def sample_training_images(index: pa.Table, count: int, seed: int) -> list[ImageRef]:

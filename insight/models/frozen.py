@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from insight.core.runtime import effective_precision
+from insight.core.sections import Settings
 from insight.data.batches import BatchTransform
 from insight.models.backbone import (
     BackboneSpec,
@@ -44,12 +45,22 @@ class FrozenSpec:
     precision: str = "fp32"
 
 
-def frozen_spec(
-    backbone: dict, dinoiser: Sequence[str | Path], gamma: float, precision: str = "fp32"
+def model_bundle(
+    settings: Settings, dinoiser: Sequence[str | Path] | str | Path | None
 ) -> FrozenSpec:
-    """A :class:`FrozenSpec` from the ``backbone`` config section and a model job's
-    ``dinoiser`` input (empty when the DINOiser is disabled, else its one weights file)."""
-    return FrozenSpec(backbone_spec(backbone), dinoiser[0] if dinoiser else None, gamma, precision)
+    """The frozen models every model job and the ``insight`` commands load: the backbone,
+    the DINOiser weights (a job's ``dinoiser`` input: empty when the DINOiser is disabled,
+    else its one file), gamma (Eq. 1) and ``features.precision``. It reads exactly the
+    settings :data:`insight.core.settings.MODEL_BUNDLE_KEYS` names, the params of every
+    rule that calls it."""
+    if isinstance(dinoiser, str | Path):
+        dinoiser = [dinoiser]
+    return FrozenSpec(
+        backbone_spec(settings.backbone),
+        dinoiser[0] if dinoiser else None,
+        settings.dinoiser.gamma,
+        settings.features.precision,
+    )
 
 
 def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:

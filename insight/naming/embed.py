@@ -9,6 +9,7 @@ import pyarrow as pa
 import torch
 
 from insight.core.logs import progress
+from insight.core.sections import VocabularySettings
 from insight.models.backbone import (
     BackboneSpec,
     load_clip,
@@ -21,12 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def embed_vocabulary(
-    terms: list[str], spec: BackboneSpec, cfg: dict, cache_dir: str | Path, device: torch.device
+    terms: list[str],
+    spec: BackboneSpec,
+    settings: VocabularySettings,
+    cache_dir: str | Path,
+    device: torch.device,
 ) -> tuple[pa.Table, dict]:
     """Eq. B.11 for every term (per part of speech), through the prompt cache."""
     model, _, tokenizer = load_clip(spec, device)
     encoder = cached_text_encoder(
-        model, tokenizer, spec, cache_dir, device, cfg["precision"], cfg["batch_size"]
+        model, tokenizer, spec, cache_dir, device, settings.precision, settings.batch_size
     )
     cache = encoder.cache
     bar = progress(None, "encode prompts", "prompt")

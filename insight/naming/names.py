@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from insight.core.sections import NamingSettings
 from insight.naming.vocabulary import load_index
 from insight.sae.model import load_sae
 
@@ -225,7 +226,7 @@ def name_concepts(
     concept_paths: Sequence[str | Path],
     embeddings_path: str | Path,
     index_path: str | Path,
-    cfg: dict,
+    settings: NamingSettings,
     cooccurrence_path: str | Path | None = None,
     threshold: float = 0.75,
     imported_names_path: str | Path | None = None,
@@ -236,7 +237,7 @@ def name_concepts(
     sae = load_sae(sae_path)
     groups = sae.group_of(torch.arange(sae.config.d_sae)).numpy()
     frequency = pq.read_table(totals_path)["frequency"].to_numpy()
-    if cfg["method"] == "imported":
+    if settings.method == "imported":
         from insight.sae.interop import read_concept_names
 
         if imported_names_path is None:
@@ -245,18 +246,24 @@ def name_concepts(
         return imported_names_table(names or [], groups, frequency)
     w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
     families = pq.read_table(families_path)
-    method = cfg["method"]
+    method = settings.method
     weights = None
     if method in ("hierarchy", "release"):
         wanted = families if method == "hierarchy" else None
-        weights = top_patch_weights(concept_paths, wanted, cfg["top_patches"])
+        weights = top_patch_weights(concept_paths, wanted, settings.top_patches)
     cooccurrence = pq.read_table(cooccurrence_path) if method == "release" else None
     vectors = concept_vectors(
-        w_dec, b_dec, method, weights, families, cfg["alpha"], cooccurrence, threshold
+        w_dec, b_dec, method, weights, families, settings.alpha, cooccurrence, threshold
     )
     terms = pq.read_table(embeddings_path, columns=["term"])["term"].to_pylist()
     return names_table(
-        vectors, load_index(index_path), terms, cfg["method"], groups, frequency, cfg["runner_up"]
+        vectors,
+        load_index(index_path),
+        terms,
+        settings.method,
+        groups,
+        frequency,
+        settings.runner_up,
     )
 
 

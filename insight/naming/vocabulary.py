@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insight.core.io import atomic_path
+from insight.core.sections import VocabularySettings
 
 TERM_SCHEMA = pa.schema([("term", pa.string()), ("sources", pa.list_(pa.string()))])
 
@@ -112,21 +113,21 @@ def list_terms(path: str | Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def collect_sources(cfg: dict) -> dict[str, list[str]]:
-    """Raw terms by source name from the ``vocabulary.sources`` config section."""
+def collect_sources(settings: VocabularySettings) -> dict[str, list[str]]:
+    """Raw terms by source name from the ``vocabulary`` settings."""
     sources: dict[str, list[str]] = {}
-    if cfg.get("wordfreq_top"):
-        sources["wordfreq"] = wordfreq_terms(cfg["wordfreq_top"])
-    concreteness = cfg.get("concreteness") or {}
-    if concreteness.get("enabled", False):
+    if settings.wordfreq_top:
+        sources["wordfreq"] = wordfreq_terms(settings.wordfreq_top)
+    concreteness = settings.concreteness
+    if concreteness.enabled:
         sources.update(
             concreteness_terms(
-                concreteness.get("path"), concreteness["brysbaert_min"], concreteness["muraki_min"]
+                concreteness.path, concreteness.brysbaert_min, concreteness.muraki_min
             )
         )
-    for index, path in enumerate(cfg.get("laion") or []):
+    for index, path in enumerate(settings.laion):
         sources[f"laion:{Path(path).name}" if index else "laion"] = list_terms(path)
-    for path in cfg.get("word_lists") or []:
+    for path in settings.word_lists:
         sources[f"list:{Path(path).name}"] = list_terms(path)
     if not sources:
         raise ValueError(

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from insight.core.io import atomic_dir, require_new_folder, require_run_files, save_safetensors
+from insight.core.layout import RunLayout
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
 
 DICTIONARY_LEARNING_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "k", "group_sizes")
@@ -184,12 +185,12 @@ def export_run_sae(results: str | Path, out: str | Path, fmt: str) -> Path:
 
     from insight.sae.model import load_sae
 
-    results = Path(results)
-    weights = results / "models/sae.safetensors"
+    layout = RunLayout(str(results))
+    weights = Path(layout.sae_weights)
     require_run_files({"sae": weights}, "export-sae")
     out = require_new_folder(out)
     sae = load_sae(weights)
-    names_path = results / "naming/names.parquet"
+    names_path = Path(layout.names)
     names = None
     if names_path.is_file():
         table = pq.read_table(names_path, columns=["concept", "name"]).to_pydict()

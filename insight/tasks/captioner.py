@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from insight.core.logs import progress
+from insight.core.sections import CaptioningSettings
 
 POOLED_GRID = (8, 8)
 
@@ -146,15 +147,20 @@ def _pairs(captions: Sequence[Sequence[str]]) -> tuple[np.ndarray, list[str]]:
 
 @torch.no_grad()
 def validation_loss(
-    captioner: Captioner, tokens: torch.Tensor, captions, tokenizer, cfg: dict, device
+    captioner: Captioner,
+    tokens: torch.Tensor,
+    captions,
+    tokenizer,
+    settings: CaptioningSettings,
+    device,
 ) -> float:
     captioner.eval()
     index, texts = _pairs(captions)
     total, count = 0.0, 0
-    for start in range(0, len(texts), cfg["batch_size"]):
-        chosen = index[start : start + cfg["batch_size"]]
+    for start in range(0, len(texts), settings.batch_size):
+        chosen = index[start : start + settings.batch_size]
         ids, mask = _encode_captions(
-            tokenizer, texts[start : start + len(chosen)], cfg["max_length"], device
+            tokenizer, texts[start : start + len(chosen)], settings.max_length, device
         )
         loss = captioner.loss(tokens[chosen].to(device), ids, mask)
         total, count = total + float(loss) * len(chosen), count + len(chosen)
@@ -168,32 +174,32 @@ def train_captioner(
     val_tokens: torch.Tensor,
     val_captions: Sequence[Sequence[str]],
     tokenizer,
-    cfg: dict,
+    settings: CaptioningSettings,
     device: torch.device | str = "cpu",
 ) -> tuple[Captioner, list[dict]]:
     """AdamW on the adapter and GPT-2 (backbone and SAE are frozen upstream: the tokens
     are cached), linear warm-up, one (image, caption) pair per reference caption, shuffled
     each epoch; returns the captioner at the epoch with the lowest validation loss and the
     per-epoch history."""
-    generator = torch.Generator().manual_seed(cfg["seed"])
+    generator = torch.Generator().manual_seed(settings.seed)
     captioner.to(device)
-    optimiser = torch.optim.AdamW(captioner.parameters(), lr=cfg["lr"])
+    optimiser = torch.optim.AdamW(captioner.parameters(), lr=settings.lr)
     index, texts = _pairs(train_captions)
-    steps_per_epoch = math.ceil(len(texts) / cfg["batch_size"])
-    warmup = min(cfg["warmup_steps"], steps_per_epoch * cfg["epochs"])
+    steps_per_epoch = math.ceil(len(texts) / settings.batch_size)
+    warmup = min(settings.warmup_steps, steps_per_epoch * settings.epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: min(1.0, (step + 1) / max(warmup, 1))
     )
     best, best_loss, history = None, math.inf, []
-    bar = progress(steps_per_epoch * cfg["epochs"], "captioner", "step")
-    for epoch in range(cfg["epochs"]):
+    bar = progress(steps_per_epoch * settings.epochs, "captioner", "step")
+    for epoch in range(settings.epochs):
         captioner.train()
         order = torch.randperm(len(texts), generator=generator).numpy()
         running = 0.0
-        for start in range(0, len(texts), cfg["batch_size"]):
-            chosen = order[start : start + cfg["batch_size"]]
+        for start in range(0, len(texts), settings.batch_size):
+            chosen = order[start : start + settings.batch_size]
             ids, mask = _encode_captions(
-                tokenizer, [texts[i] for i in chosen], cfg["max_length"], device
+                tokenizer, [texts[i] for i in chosen], settings.max_length, device
             )
             loss = captioner.loss(train_tokens[index[chosen]].to(device), ids, mask)
             optimiser.zero_grad(set_to_none=True)
@@ -202,7 +208,7 @@ def train_captioner(
             schedule.step()
             running += float(loss.detach()) * len(chosen)
             bar.update(1)
-        val = validation_loss(captioner, val_tokens, val_captions, tokenizer, cfg, device)
+        val = validation_loss(captioner, val_tokens, val_captions, tokenizer, settings, device)
         history.append({"epoch": epoch + 1, "train_loss": running / len(texts), "val_loss": val})
         if val < best_loss:
             best, best_loss = copy.deepcopy(captioner.state_dict()), val
@@ -212,12 +218,12 @@ def train_captioner(
 
 
 def generate_captions(
-    captioner: Captioner, tokens: torch.Tensor, tokenizer, cfg: dict, device
+    captioner: Captioner, tokens: torch.Tensor, tokenizer, settings: CaptioningSettings, device
 ) -> list[str]:
     captions = []
-    for start in range(0, len(tokens), cfg["batch_size"]):
-        batch = tokens[start : start + cfg["batch_size"]].to(device)
-        captions += captioner.generate(batch, tokenizer, cfg["max_new_tokens"])
+    for start in range(0, len(tokens), settings.batch_size):
+        batch = tokens[start : start + settings.batch_size].to(device)
+        captions += captioner.generate(batch, tokenizer, settings.max_new_tokens)
     return captions
 
 

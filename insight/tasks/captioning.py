@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ import torch
 
 from insight.core.io import write_json
 from insight.core.logs import progress
+from insight.core.sections import CaptioningSettings
 from insight.data.batches import decoded_batches
 from insight.data.images import ImageRef
 from insight.models.backbone import (
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 def caption_tokens(
     split_file: str | Path,
     images_root: str | Path,
-    cfg: dict,
+    settings: CaptioningSettings,
     models: FrozenModels,
     sae: MatryoshkaBatchTopKSAE,
     device: torch.device,
@@ -43,7 +45,7 @@ def caption_tokens(
 
     tensors, captions = {}, {}
     for split in CAPTION_SPLITS:
-        rows = karpathy_split(split_file, images_root, split, cfg["images"][split])
+        rows = karpathy_split(split_file, images_root, split, settings.images[split])
         refs = [ImageRef(image_id, path) for image_id, path, _ in rows]
         references = {image_id: sentences for image_id, _, sentences in rows}
         pooled: dict[str, list[torch.Tensor]] = {"clip": [], "insight": []}
@@ -73,7 +75,7 @@ def caption_tokens(
     return tensors, captions
 
 
-def build_captioner(language_model: str, d_in: int, cfg: dict):
+def build_captioner(language_model: str, d_in: int, settings: CaptioningSettings):
     """A fresh adapter in front of the configured GPT-2 (name or local folder)."""
     from insight.tasks.captioner import Captioner, PrefixAdapter, load_language_model
 
@@ -81,11 +83,19 @@ def build_captioner(language_model: str, d_in: int, cfg: dict):
     adapter = PrefixAdapter(
         d_in,
         lm.config.n_embd,
-        queries=cfg["queries"],
-        layers=cfg["adapter_layers"],
-        heads=cfg["adapter_heads"],
+        queries=settings.queries,
+        layers=settings.adapter_layers,
+        heads=settings.adapter_heads,
     )
     return Captioner(adapter, lm), tokenizer
+
+
+def captioner_record(settings: CaptioningSettings) -> dict:
+    """The captioning settings saved beside a trained captioner (``adapter.json``), less
+    the steering study, which does not shape the captioner."""
+    record = dataclasses.asdict(settings)
+    record.pop("steering")
+    return record
 
 
 def caption_diversity(captions: Sequence[str]) -> dict:
@@ -107,7 +117,7 @@ def train_captioning_method(
     tokens_path: str | Path,
     captions_path: str | Path,
     method: str,
-    cfg: dict,
+    settings: CaptioningSettings,
     device: torch.device,
     out: str | Path,
 ) -> dict:
@@ -118,9 +128,9 @@ def train_captioning_method(
 
     tensors, _ = load_safetensors(tokens_path)
     captions = read_json(captions_path)
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(settings.seed)
     captioner, tokenizer = build_captioner(
-        cfg["language_model"], tensors[f"train/{method}"].shape[-1], cfg
+        settings.language_model, tensors[f"train/{method}"].shape[-1], settings
     )
     captioner, history = train_captioner(
         captioner,
@@ -129,11 +139,11 @@ def train_captioning_method(
         tensors[f"val/{method}"],
         captions["val"]["captions"],
         tokenizer,
-        cfg,
+        settings,
         device,
     )
     test = captions["test"]
-    predicted = generate_captions(captioner, tensors[f"test/{method}"], tokenizer, cfg, device)
+    predicted = generate_captions(captioner, tensors[f"test/{method}"], tokenizer, settings, device)
     predictions = dict(zip(test["image_ids"], predicted, strict=True))
     references = dict(zip(test["image_ids"], test["captions"], strict=True))
     metrics = {**caption_metrics(references, predictions), **caption_diversity(predicted)}
@@ -145,6 +155,9 @@ def train_captioning_method(
         save_safetensors(captioner.adapter.state_dict(), tmp / "adapter.safetensors")
         captioner.language_model.save_pretrained(tmp / "language_model")
         tokenizer.save_pretrained(tmp / "language_model")
-        write_json({"d_in": tensors[f"train/{method}"].shape[-1], **cfg}, tmp / "adapter.json")
+        write_json(
+            {"d_in": tensors[f"train/{method}"].shape[-1], **captioner_record(settings)},
+            tmp / "adapter.json",
+        )
     examples = [{"image_id": i, "caption": predictions[i]} for i in test["image_ids"][:10]]
     return {"method": method, **metrics, "history": history, "examples": examples}

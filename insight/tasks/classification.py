@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from insight.core.logs import progress
+from insight.core.sections import ClassificationSettings
 from insight.data.batches import decoded_batches
 from insight.data.images import ImageRef
 from insight.models.backbone import (
@@ -91,7 +92,7 @@ def classification_results(
     class_names: list[str],
     models: FrozenModels,
     spec: BackboneSpec,
-    cfg: dict,
+    settings: ClassificationSettings,
     cache_dir: str | Path,
     device: torch.device,
     names_path: str | Path | None = None,
@@ -100,8 +101,8 @@ def classification_results(
     on INSIGHT concepts (both variants) and on the CLIP embedding, plus zero-shot CLIP;
     and explanations of the first test images by the INSIGHT probe.
 
-    ``cfg["pooling"]`` picks [max ; mean] (App. B.5) or max alone (the release) from the
-    cached vectors; ``cfg["l1_scale"]`` and ``cfg["bias"]`` go to the probe."""
+    ``settings.pooling`` picks [max ; mean] (App. B.5) or max alone (the release) from the
+    cached vectors; ``settings.l1_scale`` and ``settings.bias`` go to the probe."""
     from insight.tasks.probe import accuracy, explain, select_pooling, sweep
 
     def matrix(table: pa.Table, column: str) -> torch.Tensor:
@@ -110,7 +111,7 @@ def classification_results(
         )
         if column == "clip":
             return vectors
-        return select_pooling(vectors, vectors.shape[1] // 2, cfg["pooling"])
+        return select_pooling(vectors, vectors.shape[1] // 2, settings.pooling)
 
     y_train = torch.from_numpy(train["label"].to_numpy().astype(np.int64))
     y_test = torch.from_numpy(test["label"].to_numpy().astype(np.int64))
@@ -121,13 +122,13 @@ def classification_results(
             matrix(train, method),
             y_train,
             n_classes,
-            cfg["batch_sizes"],
-            cfg["lrs"],
-            cfg["l1s"],
-            cfg["epochs"],
-            cfg["holdout_fraction"],
-            l1_scale=cfg["l1_scale"],
-            use_bias=cfg["bias"],
+            settings.batch_sizes,
+            settings.lrs,
+            settings.l1s,
+            settings.epochs,
+            settings.holdout_fraction,
+            l1_scale=settings.l1_scale,
+            use_bias=settings.bias,
         )
         logits = probe.logits(matrix(test, method))
         probes[method] = probe
@@ -159,7 +160,7 @@ def classification_results(
     explanations = {}
     x_test = matrix(test, "insight")
     m = test.schema.field("insight").type.list_size // 2  # concepts
-    for i in range(min(cfg["explain_images"], len(test))):
+    for i in range(min(settings.explain_images, len(test))):
         result = explain(probes["insight"], x_test[i])
         result["class"] = class_names[result["class"]]
         # feature f is concept f % m, pooled by max (f < m) or mean (f >= m)

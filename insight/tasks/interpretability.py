@@ -30,6 +30,7 @@ import torch
 
 from insight.core.io import read_label_map
 from insight.core.logs import progress
+from insight.core.sections import InterpretabilitySettings
 from insight.models.frozen import FrozenSpec, load_frozen, squashed_input
 from insight.sae.model import load_sae
 
@@ -243,7 +244,7 @@ def interpretability_rows(
     datasets: dict[str, str],
     frozen: FrozenSpec,
     sae_path: str | Path,
-    cfg: dict,
+    settings: InterpretabilitySettings,
     device: torch.device,
 ) -> list[dict]:
     """App. A.1 on each part-annotated dataset, for INSIGHT (patch codes) and for the same
@@ -261,7 +262,7 @@ def interpretability_rows(
     for name, root in datasets.items():
         n_labels, background, _ = PART_DATASETS[name]
         try:
-            pairs = part_pairs(name, root, cfg["split"])
+            pairs = part_pairs(name, root, settings.split)
         except DatasetLayoutError as err:
             log.warning("%s not run: %s", name, err)
             rows += [
@@ -269,8 +270,8 @@ def interpretability_rows(
                 for m in ("insight", "global_broadcast")
             ]
             continue
-        pairs = pairs[: cfg["max_images"]] if cfg["max_images"] else pairs
-        minimum = cfg["min_images"][name]
+        pairs = pairs[: settings.max_images] if settings.max_images else pairs
+        minimum = settings.min_images[name]
         accumulators = {
             m: InterpretabilityAccumulator(list(range(n_labels)), background, minimum)
             for m in ("insight", "global_broadcast")

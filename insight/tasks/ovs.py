@@ -40,7 +40,8 @@ from PIL import Image
 
 from insight.core.io import read_label_map, write_json
 from insight.core.logs import progress
-from insight.core.settings import from_config
+from insight.core.sections import OVSSettings
+from insight.core.settings import from_settings
 from insight.data.batches import BatchTransform
 from insight.data.benchmarks import OVSDataset, benchmark, list_pairs
 from insight.models.backbone import (
@@ -286,7 +287,7 @@ def evaluate_ovs(
     root: str | Path,
     frozen: FrozenSpec,
     sae_path: str | Path,
-    cfg: dict,
+    settings: OVSSettings,
     cache_dir: str | Path,
     device: torch.device,
     out_dir: str | Path | None = None,
@@ -295,11 +296,12 @@ def evaluate_ovs(
     """Sec. 4.4: one benchmark, the three methods in one pass (:func:`evaluate`). With
     ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
     figures of the first ``explain_images`` images (Fig. 7)."""
-    dataset = benchmark(name, cfg.get("custom"))
+    dataset = benchmark(name, settings.custom)
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     models = load_frozen(frozen, device)
     encoder, transform = models.encoder, models.transform
-    config = resolved_protocol(from_config(OVSConfig, cfg), dataset, encoder.has_foreground)
+    protocol = from_settings(OVSConfig, settings)
+    config = resolved_protocol(protocol, dataset, encoder.has_foreground)
     log.info("%s: short side %d, background %s", name, config.short_side, config.background)
     text_encoder = cached_text_encoder(
         models.model, models.tokenizer, frozen.backbone, cache_dir, device
@@ -314,16 +316,16 @@ def evaluate_ovs(
 
     def on_image(image_id: str, predictions: dict) -> None:
         bar.update(1)
-        if out is not None and cfg.get("save_predictions"):
+        if out is not None and settings.save_predictions:
             for method, prediction in predictions.items():
                 save_prediction_png(prediction, out / "pred" / method / f"{image_id}.png")
 
     result = evaluate(pairs, dataset, encoder, transform, text, sae, config, device, on_image)
     bar.close()
-    if out is not None and cfg.get("explain_images"):
+    if out is not None and settings.explain_images:
         names = concept_names(names_path)
         explanations = {}
-        for image_id, image_path, _ in pairs[: cfg["explain_images"]]:
+        for image_id, image_path, _ in pairs[: settings.explain_images]:
             with Image.open(image_path) as image:
                 explanation = explain_image(
                     image, encoder, transform, text, sae, classes, config.short_side, device=device

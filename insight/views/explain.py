@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from insight.core.io import write_json
+from insight.core.sections import Settings
 from insight.data.images import read_rgb_image
 from insight.models.prompts import class_text_embeddings
 from insight.models.text import cached_text_encoder
@@ -197,7 +198,7 @@ def explanation_png(
 
 def explain_image_file(
     image_path: str | Path,
-    cfg: dict,
+    settings: Settings,
     results: str | Path = "results",
     out: str | Path = "explanations",
     label: str | None = None,
@@ -209,18 +210,16 @@ def explain_image_file(
     from insight.hierarchy.families import family_graph
     from insight.views.heatmaps import image_codes
 
-    needed = [] if label else ["vocabulary/embeddings.parquet", "vocabulary/terms.parquet"]
-    run = load_trained_run(cfg, results, "explain", needed)
+    needed = () if label else ("embeddings", "terms")
+    run = load_trained_run(settings, results, "explain", needed)
     models, sae, device = run.models, run.sae, run.device
     image = read_rgb_image(image_path)
     crop, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
     names = concept_names(run.names)
     graph = family_graph(run.families)
     if label is None:
-        vocabulary = pq.read_table(
-            run.results / "vocabulary/embeddings.parquet", columns=["term", "embedding"]
-        )
-        terms = pq.read_table(run.results / "vocabulary/terms.parquet")
+        vocabulary = pq.read_table(run.layout.embeddings, columns=["term", "embedding"])
+        terms = pq.read_table(run.layout.terms)
         rows = concrete_rows(terms, vocabulary)
         embeddings = np.stack(vocabulary["embedding"].to_numpy(zero_copy_only=False))[rows]
         best = best_row(codes, sae, embeddings.astype(np.float32))
@@ -228,7 +227,7 @@ def explain_image_file(
         text = torch.from_numpy(embeddings[best].astype(np.float32))
     else:
         encoder = cached_text_encoder(
-            models.model, models.tokenizer, run.spec, run.results / "vocabulary/cache", device
+            models.model, models.tokenizer, run.spec, run.layout.text_cache, device
         )
         text = torch.from_numpy(class_text_embeddings([label], encoder.encode)[0])
     explanation = explain_label(codes, sae, label, text.to(device), names, graph, top)

@@ -25,12 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from insight.core.io import atomic_dir, require_new_folder, require_run_files
+from insight.core.layout import RunLayout
+from insight.core.sections import Settings
 from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
 
-EXPORTED_TABLES = {
-    "names.parquet": "naming/names.parquet",
-    "families.parquet": "hierarchy/families.parquet",
-    "cooccurrence.parquet": "hierarchy/cooccurrence.parquet",
+EXPORTED_TABLES = {  # file name in the export -> the run's file (RunLayout)
+    "names.parquet": "names",
+    "families.parquet": "families",
+    "cooccurrence.parquet": "cooccurrence",
 }
 SAEBENCH_ROWS = (
     ("explained_variance", "explained variance"),
@@ -101,25 +103,25 @@ def model_card(config: dict, metrics: dict) -> str:
     return "\n".join(header + body) + "\n"
 
 
-def export_run(results: str | Path, out: str | Path, cfg: dict) -> Path:
+def export_run(results: str | Path, out: str | Path, settings: Settings) -> Path:
     """Write the shareable folder of a finished run (module docstring) to the new ``out``."""
-    results, out = Path(results), Path(out)
+    layout, out = RunLayout(str(results)), Path(out)
     needed = {
-        "sae.safetensors": results / "models/sae.safetensors",
-        "sae.json": results / "models/sae.json",
-        **{name: results / path for name, path in EXPORTED_TABLES.items()},
+        "sae.safetensors": Path(layout.sae_weights),
+        "sae.json": Path(layout.sae_report),
+        **{name: Path(getattr(layout, key)) for name, key in EXPORTED_TABLES.items()},
     }
     require_run_files(needed, "export")
     require_new_folder(out)
     report = json.loads(needed["sae.json"].read_text())
     metrics = report["metrics"]["heldout"]
-    dinoiser = cfg["dinoiser"]
+    dinoiser = settings.dinoiser
     config = {
         "sae": report["config"],
-        "backbone": {k: cfg["backbone"].get(k) for k in ("model", "pretrained")},
-        "dinoiser": (dinoiser["head"] if dinoiser["enabled"] else "none"),
-        "gamma": dinoiser["gamma"],
-        "dataset": cfg["train_dataset"],
+        "backbone": {"model": settings.backbone.model, "pretrained": settings.backbone.pretrained},
+        "dinoiser": (dinoiser.head if dinoiser.enabled else "none"),
+        "gamma": dinoiser.gamma,
+        "dataset": settings.train_dataset,
         "metrics": metrics,
     }
     with atomic_dir(out) as tmp:

@@ -11,11 +11,10 @@ import pyarrow.parquet as pq
 import torch
 
 from insight.core.io import require_run_files
-from insight.models.backbone import (
-    BackboneSpec,
-    backbone_spec,
-)
-from insight.models.frozen import FrozenModels, FrozenSpec, load_frozen
+from insight.core.layout import RunLayout
+from insight.core.sections import Settings
+from insight.models.backbone import BackboneSpec
+from insight.models.frozen import FrozenModels, load_frozen, model_bundle
 from insight.sae.model import MatryoshkaBatchTopKSAE, load_sae
 
 
@@ -25,6 +24,7 @@ class TrainedRun:
     the names table and the families table (None before the hierarchy exists)."""
 
     results: Path
+    layout: RunLayout
     spec: BackboneSpec
     device: torch.device
     models: FrozenModels
@@ -34,32 +34,32 @@ class TrainedRun:
 
 
 def load_trained_run(
-    cfg: dict, results: str | Path, command: str, extra: Sequence[str] = ()
+    settings: Settings, results: str | Path, command: str, extra: Sequence[str] = ()
 ) -> TrainedRun:
     """Load a run's backbone, DINOiser, SAE, names and families; a missing file (these, or
-    ``extra`` paths under ``results``) raises :class:`RunNotFoundError` naming the file and
+    the :class:`RunLayout` files named in ``extra``) raises :class:`RunNotFoundError` naming the file and
     the snakemake command that makes it."""
     from insight.core.runtime import resolve_device
 
-    results = Path(results)
+    layout = RunLayout(str(results))
     needed = {
-        "sae": results / "models/sae.safetensors",
-        "names": results / "naming/names.parquet",
-        **{path: results / path for path in extra},
+        "sae": Path(layout.sae_weights),
+        "names": Path(layout.names),
+        **{name: Path(getattr(layout, name)) for name in extra},
     }
-    if cfg["dinoiser"]["enabled"]:  # the released head when configured, else the trained one
-        released = cfg["dinoiser"].get("checkpoint")
-        needed["dinoiser"] = Path(released) if released else results / "models/dinoiser.safetensors"
+    if settings.dinoiser.enabled:  # the released head when configured, else the trained one
+        released = settings.dinoiser.checkpoint
+        needed["dinoiser"] = Path(released or layout.dinoiser_weights)
     require_run_files(needed, command)
-    spec, device = backbone_spec(cfg["backbone"]), resolve_device(cfg["device"])
-    families = results / "hierarchy/families.parquet"
+    frozen = model_bundle(settings, needed.get("dinoiser"))
+    device = resolve_device(settings.device)
+    families = Path(layout.families)
     return TrainedRun(
-        results=results,
-        spec=spec,
+        results=Path(results),
+        layout=layout,
+        spec=frozen.backbone,
         device=device,
-        models=load_frozen(
-            FrozenSpec(spec, needed.get("dinoiser"), cfg["dinoiser"]["gamma"]), device
-        ),
+        models=load_frozen(frozen, device),
         sae=load_sae(needed["sae"]).to(device),
         names=pq.read_table(needed["names"], columns=["concept", "name"]),
         families=pq.read_table(families) if families.exists() else None,

@@ -16,6 +16,7 @@ import networkx as nx
 import pyarrow as pa
 import torch
 
+from insight.core.sections import CaptioningSettings, Settings
 from insight.data.images import read_rgb_image
 from insight.hierarchy.families import family_graph
 from insight.models.frozen import FrozenModels
@@ -27,7 +28,7 @@ from insight.views.run import load_trained_run
 
 def caption_image_file(
     image_path: str | Path,
-    cfg: dict,
+    settings: Settings,
     results: str | Path = "results",
     requests: Sequence[tuple[str, float]] = (),
     with_family: bool = False,
@@ -36,17 +37,15 @@ def caption_image_file(
     ``requests`` ((name, factor) pairs) the caption after scaling those concepts."""
     from insight.views.heatmaps import image_codes
 
-    run = load_trained_run(cfg, results, "caption", ["models/captioner/insight"])
+    run = load_trained_run(settings, results, "caption", ("captioner",))
     models, sae, device = run.models, run.sae, run.device
     scales = scales_by_name(run.names, requests, run.families, with_family)
-    captioner, tokenizer, settings = load_captioner(
-        run.results / "models/captioner/insight", device
-    )
+    captioner, tokenizer, captioning = load_captioner(run.layout.captioner, device)
     image = read_rgb_image(image_path)
     _, _, codes, grid = image_codes(image, models.encoder, models.transform, sae, device)
 
     def caption(concept_codes: torch.Tensor) -> str:
-        return caption_codes(captioner, tokenizer, settings, sae, [concept_codes], grid)[0]
+        return caption_codes(captioner, tokenizer, captioning, sae, [concept_codes], grid)[0]
 
     steered = scale_concepts(codes, scales)
     return {
@@ -62,12 +61,12 @@ def load_captioner(folder: str | Path, device: torch.device | str = "cpu"):
     """A trained captioner folder (``train_captioner``'s output): the captioner in eval
     mode, its tokenizer and its settings (``adapter.json``)."""
     from insight.core.io import load_safetensors, read_json
+    from insight.core.settings import section_settings
 
     folder = Path(folder)
-    settings = read_json(folder / "adapter.json")
-    captioner, tokenizer = build_captioner(
-        str(folder / "language_model"), settings["d_in"], settings
-    )
+    saved = read_json(folder / "adapter.json")
+    settings = section_settings("captioning", {k: v for k, v in saved.items() if k != "d_in"})
+    captioner, tokenizer = build_captioner(str(folder / "language_model"), saved["d_in"], settings)
     captioner.adapter.load_state_dict(load_safetensors(folder / "adapter.safetensors")[0])
     return captioner.to(device).eval(), tokenizer, settings
 
@@ -75,20 +74,20 @@ def load_captioner(folder: str | Path, device: torch.device | str = "cpu"):
 def caption_codes(
     captioner,
     tokenizer,
-    settings: dict,
+    settings: CaptioningSettings,
     sae: MatryoshkaBatchTopKSAE,
     codes: Sequence[torch.Tensor],
     grid: tuple[int, int],
 ) -> list[str]:
     """The captioner's caption of each image's concept codes (N, m): the SAE reconstruction
-    (Eq. B.4), pooled to the captioner's token grid, in batches of ``settings["batch_size"]``."""
+    (Eq. B.4), pooled to the captioner's token grid, in batches of ``settings.batch_size``."""
     from insight.tasks.captioner import pool_tokens
 
     out = []
-    for start in range(0, len(codes), settings["batch_size"]):
-        chunk = torch.stack(list(codes[start : start + settings["batch_size"]]))
+    for start in range(0, len(codes), settings.batch_size):
+        chunk = torch.stack(list(codes[start : start + settings.batch_size]))
         tokens = pool_tokens(sae.decode(chunk), grid)
-        out += captioner.generate(tokens, tokenizer, settings["max_new_tokens"])
+        out += captioner.generate(tokens, tokenizer, settings.max_new_tokens)
     return out
 
 
@@ -98,23 +97,25 @@ def steering_on_test_split(
     sae: MatryoshkaBatchTopKSAE,
     names: pa.Table,
     families: pa.Table | None,
-    cfg: dict,
+    captioning: CaptioningSettings,
     device: torch.device,
 ) -> dict:
     """:func:`steering_study` on the Karpathy test split with the trained INSIGHT
-    captioner, the targets and factor of ``cfg["steering"]`` (the captioning section)."""
+    captioner, the targets and factor of ``captioning.steering``."""
     from insight.data.batches import decoded_batches
     from insight.data.benchmarks import karpathy_split
     from insight.data.images import ImageRef
     from insight.models.backbone import patch_grid
 
     captioner, tokenizer, settings = load_captioner(captioner_dir, device)
-    rows = karpathy_split(cfg["split_file"], cfg["images_root"], "test", cfg["images"]["test"])
+    rows = karpathy_split(
+        captioning.split_file, captioning.images_root, "test", captioning.images["test"]
+    )
     refs = [ImageRef(image_id, path) for image_id, path, _ in rows]
     references = {image_id: sentences for image_id, _, sentences in rows}
     codes, ids, grid = [], [], None
     with torch.no_grad():
-        for good, pixels, _ in decoded_batches(refs, models.transform, settings["batch_size"]):
+        for good, pixels, _ in decoded_batches(refs, models.transform, settings.batch_size):
             if pixels is None:
                 continue
             x = models.transform.batch(pixels, device)
@@ -125,17 +126,17 @@ def steering_on_test_split(
     def caption(batch: Sequence[torch.Tensor]) -> list[str]:
         return caption_codes(captioner, tokenizer, settings, sae, batch, grid)
 
-    steer = cfg["steering"]
+    steer = captioning.steering
     result = steering_study(
         codes,
         [references[i] for i in ids],
         caption,
-        steer["targets"],
+        steer.targets,
         names,
         families,
-        steer["with_family"],
-        steer["factor"],
-        control_draws=steer["control_draws"],
+        steer.with_family,
+        steer.factor,
+        control_draws=steer.control_draws,
     )
     for entry in result["targets"].values():
         for example in entry.get("examples", []):

@@ -1,13 +1,35 @@
 """The workflow config: one-line errors naming the key, and the schema's defaults."""
 
 import copy
+import dataclasses
+import typing
 
 import pytest
 import yaml
 from snakemake.utils import validate
 from workflow_utils import REPO
 
-from insight.core.settings import ConfigError, from_config, validate_config
+from insight.core import sections
+from insight.core.sections import Settings
+from insight.core.settings import (
+    MODEL_BUNDLE_KEYS,
+    ConfigError,
+    _node,
+    load_schema,
+    result_settings,
+    result_view,
+    results_only,
+    runtime_keys,
+    section_settings,
+    settings_from_config,
+    validate_config,
+)
+from insight.demo.clip_training import ClipTrainConfig
+from insight.models.backbone import BackboneSpec
+from insight.models.dinoiser_training import DinoiserTrainConfig, TeacherSpec
+from insight.sae.model import SAEConfig
+from insight.sae.trainer import TrainConfig
+from insight.tasks.ovs import OVSConfig
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
@@ -54,12 +76,119 @@ def test_a_wrong_key_or_type_is_one_line_naming_it(config, change, message):
     assert text.startswith(message) and "\n" not in text
 
 
-def test_from_config_takes_the_fields_it_knows():
-    import dataclasses
+def _section_nodes(schema: dict, prefix: str = ""):
+    """(dotted key, schema node) of every typed section: an object with fixed keys."""
+    for key, node in schema["properties"].items():
+        fixed = node.get("type") == "object" and node.get("additionalProperties") is False
+        if fixed and "properties" in node:
+            yield f"{prefix}{key}", node
+            yield from _section_nodes(node, f"{prefix}{key}.")
 
-    @dataclasses.dataclass
-    class Settings:
-        lr: float = 0.1
-        epochs: int = 1
 
-    assert from_config(Settings, {"lr": 0.5, "other": 3}) == Settings(lr=0.5, epochs=1)
+def _section_class(dotted: str):
+    cls = Settings
+    for part in dotted.split("."):
+        cls = typing.get_type_hints(cls, vars(sections))[part]
+    return cls
+
+
+def test_one_dataclass_per_section_with_the_schemas_keys_and_no_defaults():
+    schema = load_schema()
+    checked = 0
+    assert [f.name for f in dataclasses.fields(Settings)] == list(schema["properties"])
+    for dotted, node in _section_nodes(schema):
+        cls = _section_class(dotted)
+        assert dataclasses.is_dataclass(cls), dotted
+        assert [f.name for f in dataclasses.fields(cls)] == list(node["properties"]), dotted
+        for field in dataclasses.fields(cls):  # the schema holds the only defaults
+            assert field.default is dataclasses.MISSING, f"{dotted}.{field.name}"
+            assert field.default_factory is dataclasses.MISSING, f"{dotted}.{field.name}"
+        checked += 1
+    assert checked == 19
+
+
+def test_typed_settings_carry_the_schemas_defaults_and_the_files_values(config):
+    settings = settings_from_config(config)
+    schema = load_schema()
+    assert settings.sae.k == config["sae"]["k"] == 12
+    # a key config.yaml leaves out comes from the schema
+    assert (
+        settings.sae.encode_chunk
+        == schema["properties"]["sae"]["properties"]["encode_chunk"]["default"]
+    )
+    assert settings.sae.group_ratios == tuple(config["sae"]["group_ratios"])
+    assert settings.dinoiser.teacher.features == "key"
+    assert settings.ovs.datasets["voc"] == config["ovs"]["datasets"]["voc"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.sae.k = 3  # type: ignore[misc]
+    assert config["sae"].get("encode_chunk") is None  # the caller's dict is left as it was
+
+
+def test_cross_key_rules_are_checked_on_the_typed_settings(config):
+    config["dinoiser"].update(head="paper")
+    with pytest.raises(ConfigError, match="dinoiser.checkpoint .* set dinoiser.head: published"):
+        settings_from_config(config)
+
+
+# the library's own configs keep defaults so they can be used without the workflow; where
+# a field is a setting, its default must be the schema's
+LIBRARY_CONFIGS = {
+    "backbone": [BackboneSpec],
+    "dinoiser": [DinoiserTrainConfig],
+    "dinoiser.teacher": [TeacherSpec],
+    "sae": [SAEConfig, TrainConfig],
+    "ovs": [OVSConfig],
+    "clip_training": [ClipTrainConfig],
+}
+
+
+@pytest.mark.parametrize("section", sorted(LIBRARY_CONFIGS))
+def test_library_config_defaults_are_the_schemas(section):
+    properties = _node(load_schema(), section)["properties"]
+    compared = 0
+    for cls in LIBRARY_CONFIGS[section]:
+        for field in dataclasses.fields(cls):
+            if field.name not in properties or field.default is dataclasses.MISSING:
+                continue
+            expected = properties[field.name]["default"]
+            assert field.default == expected, f"{cls.__name__}.{field.name}"
+            compared += 1
+    assert compared >= 3
+
+
+RUNTIME_KEYS = [
+    "device",
+    "backbone.cache_dir",
+    "features.batch_size",
+    "features.row_group_images",
+    "features.decode_threads",
+    "features.threads",
+    "sae.checkpoint_every",
+    "sae.encode_chunk",
+    "vocabulary.batch_size",
+    "captioning.threads",
+    "resources",
+]
+
+
+def test_the_schema_marks_placement_and_speed_as_not_changing_results():
+    assert runtime_keys() == RUNTIME_KEYS
+
+
+def test_result_view_drops_exactly_the_runtime_keys(config):
+    validate_config(config)
+    view = result_view(config, "features")
+    assert view == {"precision": config["features"]["precision"], "storage": "float32"}
+    assert "encode_chunk" not in result_view(config, "sae") and "k" in result_view(config, "sae")
+    assert result_view(config, "dinoiser.gamma") == 0.2
+    settings = result_settings(config, *MODEL_BUNDLE_KEYS)
+    assert set(settings) == {"backbone", "dinoiser.gamma", "features.precision"}
+    assert "cache_dir" not in settings["backbone"] and "model" in settings["backbone"]
+    assert results_only("sae", settings_from_config(config).sae) == result_view(config, "sae")
+
+
+def test_section_settings_fills_the_schemas_defaults():
+    sae = section_settings("sae", {"k": 4})
+    assert (sae.k, sae.d_sae) == (4, 8192)
+    with pytest.raises(ConfigError, match="sae.k"):
+        section_settings("sae", {"k": 0})

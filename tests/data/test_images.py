@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from insight.core.settings import section_settings
 from insight.data.batches import BatchTransform
 from insight.data.images import (
     DatasetLayoutError,
@@ -121,7 +122,7 @@ def test_other_modes_are_rejected_naming_the_mode_when_conversion_is_off(name):
 
 
 def test_decode_policy_from_the_images_section():
-    policy = decode_policy({"max_pixels": 100, "convert_modes": False})
+    policy = decode_policy(section_settings("images", {"max_pixels": 100, "convert_modes": False}))
     assert policy == DecodePolicy(max_pixels=100, convert_modes=False)
 
 

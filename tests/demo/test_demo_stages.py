@@ -2,6 +2,7 @@
 
 import torch
 
+from insight.core.settings import section_settings
 from insight.demo.clip_training import train_clip_from_pairs
 from insight.demo.layouts import make_clip_pairs
 from insight.demo.recovery import world_recovery
@@ -14,7 +15,7 @@ def test_train_clip_from_pairs_saves_weights_that_load(tmp_path):
     metrics = train_clip_from_pairs(
         pairs,
         spec,
-        {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+        section_settings("clip_training", {"epochs": 1, "batch_size": 4, "lr": 1e-3}),
         tmp_path / "clip.safetensors",
         torch.device("cpu"),
     )

@@ -9,7 +9,7 @@ from PIL import Image
 
 from insight.core.io import read_label_map
 from insight.demo import layouts as demo
-from insight.demo import world
+from insight.demo import recovery, world
 from insight.hierarchy.cooccurrence import (
     CooccurrencePartial,
     accumulate_patches,
@@ -116,11 +116,11 @@ def test_patch_labels_and_label_stats_by_hand():
     part_map = np.full((4, 4), world.PART_BACKGROUND, np.uint8)
     part_map[:2, :2] = world.PARTS.index("roof")
     part_map[2:, 2:] = world.PARTS.index("wheel")
-    labels = world.patch_labels(part_map, (2, 2))
+    labels = recovery.patch_labels(part_map, (2, 2))
     background = len(world.PARTS)
     roof, wheel = world.PARTS.index("roof"), world.PARTS.index("wheel")
     assert labels.tolist() == [roof, background, background, wheel]
-    stats = world.LabelStats.zeros(2)
+    stats = recovery.LabelStats.zeros(2)
     stats.add(np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [2.0, 3.0]]), labels)
     stats.add(np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([background, background]))
     assert stats.mass[0, roof] == 1.0 and stats.mass[0, background] == 0.5
@@ -133,7 +133,7 @@ def test_patch_labels_and_label_stats_by_hand():
 def test_concept_labels_use_the_rate_per_patch_not_the_area():
     """Rate profile by hand: 8 body patches, 2 wheel patches, 10 background patches."""
     body, wheel, background = world.PARTS.index("body"), world.PARTS.index("wheel"), 8
-    stats = world.LabelStats.zeros(5)
+    stats = recovery.LabelStats.zeros(5)
     stats.patches[[body, wheel, background]] = [8, 2, 10]
     # 0: 1.0 on every car patch: mass 8 on the body, 2 on the wheel (80% by mass), but
     #    rate 1 on both: profile 0.5 / 0.5 -> the car, not a body concept
@@ -147,11 +147,11 @@ def test_concept_labels_use_the_rate_per_patch_not_the_area():
     stats.mass[3, [body, wheel, background]] = [8.0, 2.0, 10.0]
     stats.mass[4, [body, wheel]] = [4.0, 1.0]
     stats.active[:] = [10, 10, 14, 20, 5]
-    part, obj = world.concept_labels(stats)
+    part, obj = recovery.concept_labels(stats)
     assert part == [None, "wheel", None, None, None]
     assert obj == ["car", None, None, None, None]
-    assert world.concept_labels(stats, min_patches=5)[1][4] == "car"
-    assert world.concept_labels(world.LabelStats.zeros(1)) == ([None], [None])
+    assert recovery.concept_labels(stats, min_patches=5)[1][4] == "car"
+    assert recovery.concept_labels(recovery.LabelStats.zeros(1)) == ([None], [None])
 
 
 def test_planted_edges_are_object_parent_and_part_child():
@@ -160,18 +160,18 @@ def test_planted_edges_are_object_parent_and_part_child():
     edges = [(5, 0), (0, 1), (2, 0), (3, 2), (5, 4), (1, 4)]
     # 5 (car) -> 0 (wheel): planted; 0 -> 1: a part specialisation, not planted;
     # 2 (house) -> 0 (wheel): wrong object; 3 -> 2: unlabelled parent; 5 -> 4 (body): planted
-    assert world.planted_edges(edges, part, obj) == [(5, 0), (5, 4)]
-    shuffled = world.shuffled_planted_edges(edges, part, obj, rounds=200)
+    assert recovery.planted_edges(edges, part, obj) == [(5, 0), (5, 4)]
+    shuffled = recovery.shuffled_planted_edges(edges, part, obj, rounds=200)
     assert (
         shuffled.shape == (200, 8) and shuffled.min() >= 0 and shuffled.sum(1).max() <= len(edges)
     )
     counts = dict(
-        zip(world.PLANTED_PAIRS, world.planted_pair_counts(edges, part, obj), strict=True)
+        zip(recovery.PLANTED_PAIRS, recovery.planted_pair_counts(edges, part, obj), strict=True)
     )
     assert counts["car wheel"] == counts["car body"] == 1 and sum(counts.values()) == 2
-    assert len(world.shuffled_planted_edges([], part, obj)) == 0
-    assert world.is_world_name("red car") and world.is_world_name("wheel")
-    assert not world.is_world_name("happiness") and not world.is_world_name(None)
+    assert len(recovery.shuffled_planted_edges([], part, obj)) == 0
+    assert recovery.is_world_name("red car") and recovery.is_world_name("wheel")
+    assert not recovery.is_world_name("happiness") and not recovery.is_world_name(None)
 
 
 def test_own_word_naming_against_shuffled_names_by_hand():
@@ -181,13 +181,13 @@ def test_own_word_naming_against_shuffled_names_by_hand():
     probability 2/4, so 1.0 right on average, and both with (2/4)(1/3) = 1/6."""
     labels = ["wheel", "car", None, "roof", "house"]
     name_of = {0: "red car", 1: "wheel", 2: "car", 3: "mushroom"}
-    result = world.own_word_naming(labels, name_of, rounds=4000)
+    result = recovery.own_word_naming(labels, name_of, rounds=4000)
     assert (result["concepts"], result["named"], result["fraction"]) == (4, 2, 0.5)
     assert result["shuffled_names"] == pytest.approx(1.0, abs=0.05)
     assert result["p_value"] == pytest.approx(1 / 6, abs=0.03)
-    nothing_right = world.own_word_naming(labels, {0: "sky", 1: "roof"})
+    nothing_right = recovery.own_word_naming(labels, {0: "sky", 1: "roof"})
     assert nothing_right["named"] == 0 and nothing_right["p_value"] == 1.0
-    assert world.own_word_naming([None, None], name_of)["concepts"] == 0
+    assert recovery.own_word_naming([None, None], name_of)["concepts"] == 0
 
 
 def test_demo_config_matches_the_world():
@@ -257,7 +257,7 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     when it hits the identity pairing or an equivalent one."""
     rng = np.random.default_rng(3)
     labels = np.concatenate(
-        [world.patch_labels(world.draw_scene(rng).parts, (14, 14)) for _ in range(24)]
+        [recovery.patch_labels(world.draw_scene(rng).parts, (14, 14)) for _ in range(24)]
     )
     background = len(world.PARTS)
     object_concept = {o: 1 + i for i, o in enumerate(world.OBJECTS)}
@@ -276,12 +276,12 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
     edges = sorted(graph.edges)
     assert edges == sorted((object_concept[world.PART_OF[p]], c) for p, c in part_concept.items())
 
-    stats = world.LabelStats.zeros(m)
+    stats = recovery.LabelStats.zeros(m)
     stats.add(codes, labels)
-    part, obj = world.concept_labels(stats)
+    part, obj = recovery.concept_labels(stats)
     assert obj == [None, *world.OBJECTS, *[None] * len(world.PARTS)]
     assert part == [None, *[None] * len(world.OBJECTS), *world.PARTS]
-    families = world.family_recovery(edges, part, obj, {c: p for p, c in part_concept.items()})
+    families = recovery.family_recovery(edges, part, obj, {c: p for p, c in part_concept.items()})
     assert families["edges"] == families["planted_edges"] == 8
     assert families["planted_pairs"] == sorted(f"{world.PART_OF[p]} {p}" for p in world.PARTS)
     for example in families["examples"]:
@@ -295,7 +295,7 @@ def test_ideal_concepts_give_planted_family_edges_through_eq5():
         families["planted_edges_shuffled_parents"]
     )
 
-    shuffled_truth = world.family_recovery(edges, part, obj[1:] + obj[:1])  # objects renamed
+    shuffled_truth = recovery.family_recovery(edges, part, obj[1:] + obj[:1])  # objects renamed
     assert shuffled_truth["planted_edges"] == 0 and shuffled_truth["p_value"] == 1.0
     assert shuffled_truth["significant_pairs"] == shuffled_truth["significant_objects"] == []
 
@@ -308,7 +308,7 @@ def test_a_pair_is_significant_on_its_own_when_its_edges_beat_its_shuffles():
     obj = ["house"] * 10 + [None] * 20 + ["tree"] * 10
     edges = [(h, r) for h, r in zip(houses, roofs, strict=True)]
     edges += [(30, trees[0])] + [(31 + i, 32 + i) for i in range(8)]  # 1 planted, 8 not
-    report = world.family_recovery(edges, part, obj)
+    report = recovery.family_recovery(edges, part, obj)
     assert report["pairs"]["house roof"]["planted_edges"] == 10
     assert report["pairs"]["house roof"]["p_value"] < 0.01
     assert report["pairs"]["tree leaves"]["planted_edges"] == 1

@@ -6,14 +6,18 @@ import pytest
 import torch
 from PIL import Image
 
+from insight.core.settings import section_settings
 from insight.features.extract import ExtractConfig, extract_config, extract_shard_from_index
 from insight.models.frozen import load_frozen
 
 
 def test_extract_config_reads_features_and_images():
     config = extract_config(
-        {"batch_size": 8, "storage": "float16", "row_group_images": 4, "decode_threads": 3},
-        {"max_pixels": 1000, "convert_modes": False},
+        section_settings(
+            "features",
+            {"batch_size": 8, "storage": "float16", "row_group_images": 4, "decode_threads": 3},
+        ),
+        section_settings("images", {"max_pixels": 1000, "convert_modes": False}),
     )
     assert config == ExtractConfig(8, "float16", 4, 3, config.policy)
     assert (config.policy.max_pixels, config.policy.convert_modes) == (1000, False)
@@ -45,7 +49,7 @@ def test_an_empty_shard_is_an_error(tiny_run):
             tiny_run.index,
             7,
             tiny_run.frozen,
-            extract_config(tiny_run.cfg["features"], tiny_run.cfg["images"]),
+            extract_config(tiny_run.cfg.features, tiny_run.cfg.images),
             torch.device("cpu"),
             tiny_run.root / "x.parquet",
             tiny_run.root / "y.parquet",

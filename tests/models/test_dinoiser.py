@@ -71,7 +71,7 @@ def test_training_learns_teacher_affinities():
     feats = prototypes[labels] + 0.3 * torch.randn(n, h * w, d)
     feats = feats.transpose(1, 2).reshape(n, d, h, w)
     targets = labels[:, :, None] == labels[:, None, :]
-    config = DinoiserTrainConfig(epochs=60, lr=5e-3, batch_size=4, d_out=8)
+    config = DinoiserTrainConfig(epochs=60, lr=5e-3, batch_size=4, d_out=8, head="paper")
     model, metrics = train_dinoiser(feats, targets, config)
     untrained = DINOiser(d, 8)
     before = affinity_loss(untrained.affinity(feats), targets).item()
@@ -82,7 +82,11 @@ def test_training_learns_teacher_affinities():
 def test_nan_features_stop_training_with_location():
     feats = torch.full((2, 4, 2, 2), float("nan"))
     with pytest.raises(FloatingPointError, match="epoch 0"):
-        train_dinoiser(feats, torch.ones(2, 4, 4, dtype=torch.bool), DinoiserTrainConfig(epochs=1))
+        train_dinoiser(
+            feats,
+            torch.ones(2, 4, 4, dtype=torch.bool),
+            DinoiserTrainConfig(epochs=1, head="paper"),
+        )
 
 
 def test_save_load_roundtrip(tmp_path):

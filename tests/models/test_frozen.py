@@ -3,23 +3,40 @@
 import torch
 from PIL import Image
 
+from insight.core.settings import MODEL_BUNDLE_KEYS, section_settings, settings_from_config
 from insight.models.backbone import BackboneSpec, backbone_spec
 from insight.models.dense import DenseEncoder
-from insight.models.frozen import FrozenSpec, frozen_spec, load_frozen, squashed_input
+from insight.models.frozen import FrozenSpec, load_frozen, model_bundle, squashed_input
 
 
 def test_backbone_spec_reads_the_backbone_section():
-    spec = backbone_spec({"model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k"})
+    spec = backbone_spec(section_settings("backbone", {"model": "ViT-B-16"}))
     assert spec == BackboneSpec("ViT-B-16", "laion2b_s34b_b88k", None, None)
-    local = backbone_spec({"model": "m", "checkpoint": "w.safetensors", "cache_dir": "c"})
+    local = backbone_spec(
+        section_settings(
+            "backbone",
+            {"model": "m", "pretrained": None, "checkpoint": "w.safetensors", "cache_dir": "c"},
+        )
+    )
     assert (local.pretrained, local.checkpoint, local.cache_dir) == (None, "w.safetensors", "c")
 
 
-def test_frozen_spec_takes_the_dinoiser_input_or_none():
-    section = {"model": "insight-tiny-ViT-B-16", "pretrained": None}
-    assert frozen_spec(section, [], 0.2).dinoiser_path is None
-    spec = frozen_spec(section, ["g.safetensors"], 0.3, "bf16")
-    assert spec == FrozenSpec(backbone_spec(section), "g.safetensors", 0.3, "bf16")
+def test_model_bundle_reads_backbone_gamma_and_precision_and_the_dinoiser_input():
+    config = {
+        "backbone": {"model": "insight-tiny-ViT-B-16", "pretrained": None},
+        "dinoiser": {"gamma": 0.3},
+        "features": {"precision": "bf16"},
+    }
+    settings = settings_from_config(config)
+    assert model_bundle(settings, []).dinoiser_path is None
+    spec = model_bundle(settings, ["g.safetensors"])
+    assert spec == FrozenSpec(backbone_spec(settings.backbone), "g.safetensors", 0.3, "bf16")
+    # what it reads is what every model rule takes as params, and nothing else
+    assert MODEL_BUNDLE_KEYS == ("backbone", "dinoiser.gamma", "features.precision")
+    other = settings_from_config(
+        {**config, "dinoiser": {"gamma": 0.3, "epochs": 1}, "sae": {"k": 3}, "device": "cpu"}
+    )
+    assert model_bundle(other, ["g.safetensors"]) == spec
 
 
 def test_load_frozen_builds_the_dinoised_encoder(tiny_run):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from insight.core.io import write_parquet
+from insight.core.settings import section_settings
 from insight.models.prompts import TEMPLATES, template_embeddings
 from insight.models.text import EmbeddingCache, TextEncoder, encode_text_cut
 from insight.naming.names import concept_vectors, names_table, top_patch_weights
@@ -154,20 +155,25 @@ def test_sources_from_packages_and_thresholds(tmp_path):
     found = concreteness_terms(str(csv), 2.5, 2.0)
     assert found == {"brysbaert": ["apple", "bus stop"], "muraki": ["bus stop"]}
     sources = collect_sources(
-        {
-            "wordfreq_top": 50,
-            "concreteness": {
-                "enabled": True,
-                "path": None,
-                "brysbaert_min": 2.5,
-                "muraki_min": 2.0,
+        section_settings(
+            "vocabulary",
+            {
+                "wordfreq_top": 50,
+                "concreteness": {
+                    "enabled": True,
+                    "path": None,
+                    "brysbaert_min": 2.5,
+                    "muraki_min": 2.0,
+                },
             },
-        }
+        )
     )
     assert len(sources["wordfreq"]) == 50 and "the" in sources["wordfreq"]
     assert "ice cream" in sources["muraki"] and len(sources["brysbaert"]) > 10_000
     with pytest.raises(ValueError, match="no source"):
-        collect_sources({"wordfreq_top": 0})
+        collect_sources(
+            section_settings("vocabulary", {"wordfreq_top": 0, "concreteness": {"enabled": False}})
+        )
 
 
 def _world():

@@ -20,8 +20,8 @@ def test_embed_vocabulary_encodes_every_template_once(tiny_run):
     # a second run takes every prompt from the cache and gives the same table
     again, stats = embed_vocabulary(
         table["term"].to_pylist()[: stats["terms"]],
-        backbone_spec(tiny_run.cfg["backbone"]),
-        tiny_run.cfg["vocabulary"],
+        backbone_spec(tiny_run.cfg.backbone),
+        tiny_run.cfg.vocabulary,
         tiny_run.results / "vocabulary/cache",
         torch.device("cpu"),
     )
@@ -36,4 +36,4 @@ def test_name_concepts_names_every_concept_from_the_vocabulary(tiny_run):
     )
     assert names["concept"].to_pylist() == list(range(32))
     assert {n for n in names["name"].to_pylist() if n is not None} <= terms
-    assert set(names["method"].to_pylist()) == {tiny_run.cfg["naming"]["method"]}
+    assert set(names["method"].to_pylist()) == {tiny_run.cfg.naming.method}

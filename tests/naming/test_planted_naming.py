@@ -20,9 +20,10 @@ from insight.hierarchy.cooccurrence import cooccurrence_table, shards_partial, t
 from insight.hierarchy.families import families_table, family_dag
 from insight.naming.names import concept_vectors, names_table, top_patch_weights
 from insight.naming.vocabulary import build_index
+from insight.sae.data import FeatureBatches
 from insight.sae.encode import encode_shard
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
-from insight.sae.training import FeatureBatches, SAETrainer, TrainConfig
+from insight.sae.trainer import SAETrainer, TrainConfig
 
 PARENTS, CHILDREN = 6, 3
 

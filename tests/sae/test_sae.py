@@ -3,6 +3,8 @@ import pytest
 import torch
 from planted import planted_features, write_shards
 
+from insight.sae.data import SPLITS, FeatureBatches, split_mask
+from insight.sae.evaluation import evaluate
 from insight.sae.model import (
     MatryoshkaBatchTopKSAE,
     SAEConfig,
@@ -12,15 +14,7 @@ from insight.sae.model import (
     save_sae,
 )
 from insight.sae.reference import reference_losses
-from insight.sae.training import (
-    SPLITS,
-    FeatureBatches,
-    SAETrainer,
-    TrainConfig,
-    evaluate,
-    geometric_median,
-    split_mask,
-)
+from insight.sae.trainer import SAETrainer, TrainConfig, geometric_median
 
 SMALL = SAEConfig(d_in=16, d_sae=64, k=3, group_sizes=(4, 12, 48))
 
@@ -212,7 +206,7 @@ def test_b_dec_starts_at_the_first_batchs_geometric_median():
 
     from insight.cli import load_config
 
-    assert load_config([], base=REPO / "config.yaml")["sae"]["b_dec_init"] == "geometric_median"
+    assert load_config([], base=REPO / "config.yaml").sae.b_dec_init == "geometric_median"
     assert TrainConfig().b_dec_init == "geometric_median"
     first, second = torch.randn(64, 16) + 3.0, torch.randn(64, 16) - 3.0
     trainer = SAETrainer(

@@ -4,6 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from insight.core.settings import section_settings
 from insight.features.shards import embeddings_of
 from insight.sae.model import load_sae, matryoshka_group_sizes
 from insight.sae.training import sae_config
@@ -20,8 +21,9 @@ def test_sae_config_takes_groups_or_derives_them_from_ratios():
         "aux_activation": "linear",
         "group_ratios": [0.25, 0.75],
     }
-    assert sae_config(section, 16).group_sizes == matryoshka_group_sizes(64, (0.25, 0.75))
-    given = sae_config({**section, "groups": [16, 48]}, 16)
+    ratios = section_settings("sae", section)
+    assert sae_config(ratios, 16).group_sizes == matryoshka_group_sizes(64, (0.25, 0.75))
+    given = sae_config(section_settings("sae", {**section, "groups": [16, 48]}), 16)
     assert given.group_sizes == (16, 48) and given.d_in == 16
     assert given.aux_activation == "linear"
 

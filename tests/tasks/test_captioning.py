@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from insight.core.settings import section_settings
 from insight.data.benchmarks import karpathy_split
 from insight.demo.layouts import save_tiny_gpt2
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig
@@ -103,15 +104,13 @@ def test_captioner_learns_captions_from_tokens(tmp_path):
     patterns = torch.randn(2, 1, 4).expand(2, 64, 4)
     tokens = patterns.repeat(4, 1, 1) + 0.01 * torch.randn(8, 64, 4)
     texts = [[captions[i % 2]] for i in range(8)]
-    cfg = {
-        "lr": 3e-3,
-        "batch_size": 4,
-        "epochs": 25,
-        "warmup_steps": 1,
-        "max_length": 12,
-        "seed": 0,
-    }
-    captioner, history = train_captioner(captioner, tokens, texts, tokens, texts, tokenizer, cfg)
+    settings = section_settings(
+        "captioning",
+        {"lr": 3e-3, "batch_size": 4, "epochs": 25, "warmup_steps": 1, "max_length": 12, "seed": 0},
+    )
+    captioner, history = train_captioner(
+        captioner, tokens, texts, tokens, texts, tokenizer, settings
+    )
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"]
     assert captioner.generate(patterns, tokenizer, 8) == captions
 

@@ -1,6 +1,7 @@
 """The task stages' entry points on the toy run: OVS, interpretability, classification,
 captioning (each table's contract; the metrics themselves are tested beside each task)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_evaluate_ovs_scores_the_three_methods_and_explains(tiny_run, tmp_path):
         tiny_run.root / "voc",
         tiny_run.frozen,
         tiny_run.results / "models/sae.safetensors",
-        {**tiny_run.cfg["ovs"], "save_predictions": True},
+        dataclasses.replace(tiny_run.cfg.ovs, save_predictions=True),
         tiny_run.results / "vocabulary/cache",
         CPU,
         out_dir=tmp_path,
@@ -58,7 +59,9 @@ def test_interpretability_rows_per_method_and_a_missing_dataset(tiny_run):
         {"partimagenet": str(tiny_run.root / "parts"), "coco_stuff": "/no/such/root"},
         tiny_run.frozen,
         tiny_run.results / "models/sae.safetensors",
-        {**tiny_run.cfg["interpretability"], "min_images": {"partimagenet": 1, "coco_stuff": 1}},
+        dataclasses.replace(
+            tiny_run.cfg.interpretability, min_images={"partimagenet": 1, "coco_stuff": 1}
+        ),
         CPU,
     )
     by = {(r["method"], r["dataset"]): r for r in rows}
@@ -85,7 +88,7 @@ def test_classification_vectors_results_and_heatmaps(tiny_run, loaded, tmp_path)
         classes,
         models,
         tiny_run.frozen.backbone,
-        tiny_run.cfg["classification"],
+        tiny_run.cfg.classification,
         tiny_run.results / "vocabulary/cache",
         CPU,
         tiny_run.results / "naming/names.parquet",
@@ -101,8 +104,8 @@ def test_classification_vectors_results_and_heatmaps(tiny_run, loaded, tmp_path)
 
 def test_captioning_tokens_training_and_scores(tiny_run, loaded, tmp_path):
     models, sae = loaded
-    cfg = tiny_run.cfg["captioning"]
-    tensors, captions = caption_tokens(cfg["split_file"], cfg["images_root"], cfg, models, sae, CPU)
+    cfg = tiny_run.cfg.captioning
+    tensors, captions = caption_tokens(cfg.split_file, cfg.images_root, cfg, models, sae, CPU)
     assert tensors["train/clip"].shape[:2] == (6, 64) and tensors["test/insight"].shape[0] == 2
     assert len(captions["val"]["image_ids"]) == len(captions["val"]["captions"]) == 2
     from insight.core.io import save_safetensors, write_json

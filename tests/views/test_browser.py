@@ -5,13 +5,14 @@ from conftest import TINY
 from PIL import Image
 
 from insight.core.io import write_parquet
+from insight.core.settings import section_settings
 from insight.hierarchy.families import family_graph
-from insight.views.browser import (
+from insight.views.browser.build import build_browser
+from insight.views.browser.pages import family_svg
+from insight.views.browser.queries import (
     ConceptInfo,
     activation_histograms,
-    build_browser,
     concept_infos,
-    family_svg,
     top_activations,
 )
 
@@ -75,7 +76,10 @@ def build(run, **settings):
         [run / "shard-00000.parquet"],
         run / "index.parquet",
         TINY,
-        {"images_per_concept": 8, "thumbnail_size": 64, "image_pages": 10, **settings},
+        section_settings(
+            "browser",
+            {"images_per_concept": 8, "thumbnail_size": 64, "image_pages": 10, **settings},
+        ),
         run / "cache",
         run / "browser",
     )
@@ -141,7 +145,7 @@ def test_family_drawing_says_how_many_children_it_leaves_out():
         c: ConceptInfo(c, f"c{c}", 0, 100 - c, None, [], [], [], display=f"c{c}") for c in range(13)
     }
     svg = family_svg(0, graph, infos, limit=8)
-    assert "+4 more" in svg and svg.count("marker-end='url(#arrow)'") == 8
+    assert "+4 more" in svg and svg.count('marker-end="url(#arrow)"') == 8
     assert svg.count(">0.80</text>") == 8  # each arrow labelled with its confidence
 
 
@@ -167,7 +171,7 @@ def test_thumbnails_are_cached_not_redrawn(run, monkeypatch):
     def no_drawing(*args, **kwargs):
         raise AssertionError("a cached thumbnail was drawn again")
 
-    monkeypatch.setattr("insight.views.browser.overlay", no_drawing)
+    monkeypatch.setattr("insight.views.browser.thumbnails.overlay", no_drawing)
     assert build(run) == counts
     assert sorted((run / "cache").glob("*.jpg")) == cached
 

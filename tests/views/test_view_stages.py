@@ -1,12 +1,13 @@
 """Loading a finished run for the ``insight`` commands, and the views built on it."""
 
+import dataclasses
 import json
 
 import pyarrow.parquet as pq
 import pytest
 
 from insight.core.io import RunNotFoundError
-from insight.views.browser import build_browser
+from insight.views.browser.build import build_browser
 from insight.views.explain import explain_image_file
 from insight.views.run import load_trained_run
 
@@ -50,7 +51,7 @@ def test_build_browser_pages_and_thumbnails(tiny_run, tmp_path):
         [tiny_run.results / "concepts/demo/shard-00000.parquet"],
         tiny_run.results / "images/demo/index.parquet",
         tiny_run.frozen.backbone,
-        {**tiny_run.cfg["browser"], "images_per_concept": 2},
+        dataclasses.replace(tiny_run.cfg.browser, images_per_concept=2),
         tmp_path / "cache",
         tmp_path / "browser",
     )

@@ -1,5 +1,6 @@
 """The project's own checks: snakemake --lint, snakefmt and ruff are clean."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -28,3 +29,20 @@ def test_python_is_ruff_clean():
     assert run("ruff", "check", ".").returncode == 0, run("ruff", "check", ".").stdout
     result = run("ruff", "format", "--check", ".")
     assert result.returncode == 0, result.stdout
+
+
+MODULE_LINE_LIMIT = 400
+
+
+def test_library_modules_stay_small_and_take_typed_settings():
+    """Each module is one concern (no more than 400 lines), and the library reads typed
+    settings (``insight.core.sections``), never the raw config dict."""
+    long, raw = [], []
+    for path in sorted((REPO / "insight").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > MODULE_LINE_LIMIT:
+            long.append(f"{path.relative_to(REPO)}: {text.count(chr(10))} lines")
+        if re.search(r"\bcfg(\[|\.get\()", text):
+            raw.append(str(path.relative_to(REPO)))
+    assert not long, long
+    assert not raw, raw

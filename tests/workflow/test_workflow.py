@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 from workflow_utils import copy_checkout, planned_jobs, snakemake
 
+from insight.core.settings import load_schema, runtime_keys, validate_config
 from insight.demo.layouts import bad_image_bytes
 
 DEMO = ("--cores", "2", "--configfile", "config/demo.yaml")
@@ -73,7 +74,7 @@ DOWNSTREAM_OF_FEATURES = {
 @pytest.mark.slow
 def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path):
     override = tmp_path / "override.yaml"
-    override.write_text("features:\n  batch_size: 8\n")
+    override.write_text("features:\n  storage: float16\n")
     result = snakemake(demo_run, *DEMO, str(override), "-n")
     # features change, so everything downstream of them is stale too; the DINOiser is not
     assert planned_jobs(result.stdout) == {
@@ -81,6 +82,65 @@ def test_changing_an_extraction_param_reruns_extraction_only(demo_run, tmp_path)
         "features_summary": 1,
         **DOWNSTREAM_OF_FEATURES,
     }
+
+
+def _another_value(node: dict, current):
+    """A valid value of a schema leaf that differs from ``current`` (or its default)."""
+    current = node.get("default") if current is None else current
+    if "enum" in node:
+        return next(v for v in node["enum"] if v != current)
+    if node["type"] == "integer":
+        return (current or node.get("minimum", 0)) + 1
+    if node["type"] == "boolean":
+        return not current
+    return "/tmp/elsewhere" if "/" in str(current) or current is None else "auto"
+
+
+def merged(config: dict, overrides: dict) -> dict:
+    """``config`` with ``overrides`` laid over it, section by section (as ``--configfile``)."""
+    out = dict(config)
+    for key, value in overrides.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+def runtime_overrides(config: dict) -> dict:
+    """An override of every leaf the schema marks ``affects_results: false`` (a marked
+    section, such as ``resources``, with each of its keys)."""
+    schema, overrides = load_schema(), {}
+    for dotted in runtime_keys():
+        *sections, key = dotted.split(".")
+        node, here, current = schema, overrides, config
+        for part in sections:
+            node, current = node["properties"][part], (current or {}).get(part)
+            here = here.setdefault(part, {})
+        node, current = node["properties"][key], (current or {}).get(key)
+        if "properties" in node:
+            here[key] = {
+                leaf: _another_value(sub, (current or {}).get(leaf))
+                for leaf, sub in node["properties"].items()
+            }
+        else:
+            here[key] = _another_value(node, current)
+    return overrides
+
+
+@pytest.mark.slow
+def test_no_runtime_setting_reruns_anything(demo_run, tmp_path):
+    """Threads, inference batch sizes, chunking, checkpoint cadence, cache folders, device
+    and resources reach jobs without being params: changing every one of them at once, on a
+    finished run, plans no job."""
+    config = yaml.safe_load((demo_run / "config/demo.yaml").read_text())
+    overrides = runtime_overrides(config)
+    assert overrides["device"] != config["device"]
+    assert overrides["sae"]["checkpoint_every"] != config["sae"]["checkpoint_every"]
+    assert overrides["backbone"]["cache_dir"] == "/tmp/elsewhere"
+    assert set(overrides["resources"]) == {"gpus", "mem_mb_train_sae", "mem_mb_cooccurrence"}
+    validate_config(merged(config, overrides))
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump(overrides))
+    result = snakemake(demo_run, *DEMO, str(override), "-n")
+    assert planned_jobs(result.stdout) == {}, overrides
 
 
 @pytest.mark.slow
@@ -91,11 +151,12 @@ def test_changing_the_steering_study_reruns_the_study_only(demo_run, tmp_path):
     assert planned_jobs(result.stdout) == {"caption_steering": 1, "all": 1}
 
 
-def planned_after_edit(workdir: Path, module: str) -> dict[str, int]:
-    """The jobs a dry run plans after appending a comment to ``module`` (then undone)."""
+def planned_after_edit(workdir: Path, module: str, edit=None) -> dict[str, int]:
+    """The jobs a dry run plans after ``edit`` rewrites ``module``'s source (by default a
+    statement appended), then undone."""
     path = workdir / module
     original = path.read_text()
-    path.write_text(original + "\n# edited\n")
+    path.write_text(edit(original) if edit else original + "\n_EDITED = True\n")
     try:
         return planned_jobs(snakemake(workdir, *DEMO, "-n").stdout)
     finally:
@@ -106,7 +167,7 @@ def planned_after_edit(workdir: Path, module: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     "module, expected",
     [
-        ("insight/views/browser.py", {"browser": 1, "all": 1}),
+        ("insight/views/browser/pages.py", {"browser": 1, "all": 1}),
         ("insight/sae/model.py", DOWNSTREAM_OF_FEATURES),
         (
             "insight/features/extract.py",
@@ -126,6 +187,20 @@ def test_editing_a_stage_reruns_that_stage_and_what_depends_on_it(demo_run, modu
     else:
         assert jobs == expected
     assert not {"train_clip", "train_dinoiser", "index_images", "demo_images"} & set(jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda text: text + "\n# a comment\n",
+        lambda text: text.replace('"""', '"""Reworded. ', 1),  # the module docstring
+    ],
+    ids=["comment", "docstring"],
+)
+def test_a_comment_or_docstring_reruns_nothing(demo_run, edit):
+    """Code versions hash statements, not bytes: an edit that changes none plans no job."""
+    assert planned_after_edit(demo_run, "insight/sae/model.py", edit) == {}
 
 
 @pytest.mark.slow

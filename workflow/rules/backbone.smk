@@ -15,9 +15,7 @@ if config["clip_training"]["pairs"]:
         resources:
             gpu=config["resources"]["gpus"],
         params:
-            training=config["clip_training"],
-            backbone=config["backbone"],
-            device=config["device"],
+            settings=settings_of("clip_training", "backbone.model"),
             code=script_version("train_clip"),
         script:
             "../scripts/train_clip.py"

@@ -16,10 +16,7 @@ rule caption_tokens:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        cfg=captioner_settings(),
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
+        settings=captioner_settings(*MODEL_BUNDLE_KEYS),
         code=script_version("caption_tokens"),
     script:
         "../scripts/caption_tokens.py"
@@ -44,8 +41,7 @@ rule train_captioner:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        cfg=captioner_settings(),
-        device=config["device"],
+        settings=captioner_settings(),
         code=script_version("train_captioner"),
     script:
         "../scripts/train_captioner.py"
@@ -71,10 +67,7 @@ rule caption_steering:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        cfg=config["captioning"],
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
+        settings=model_settings("captioning"),
         code=script_version("caption_steering"),
     script:
         "../scripts/caption_steering.py"

@@ -27,12 +27,9 @@ rule classification:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        root=lambda wc: config["classification"]["datasets"][wc.cdataset],
-        cfg=config["classification"],
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
-        cache="results/vocabulary/cache",
+        settings=lambda wc: for_dataset(
+            model_settings("classification"), "classification", wc.cdataset
+        ),
         code=script_version("classification"),
     script:
         "../scripts/classification.py"

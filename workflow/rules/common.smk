@@ -5,21 +5,47 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
 
+from insight.core.layout import RUN
 from insight.core.provenance import script_digest
 from insight.core.settings import (
+    MODEL_BUNDLE_KEYS,
     ConfigError,
-    check_cross_keys,
     published_head_missing,
+    result_settings,
+    settings_from_config,
     validate_config,
 )
 
 try:
-    validate_config(
-        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
-    )
-    check_cross_keys(config)
+    validate_config(config)  # in place: the jobs' config has the schema's defaults
+    settings_from_config(
+        config
+    )  # the typed settings every job builds, checked once here
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+
+def settings_of(*keys):
+    """The settings under the dotted ``keys`` less those the schema marks as changing no
+    output: a rule's ``settings`` param, so only a change of result reruns it."""
+    return result_settings(config, *keys)
+
+
+def model_settings(*keys):
+    """:func:`settings_of` the model bundle every model job loads (backbone, gamma,
+    precision) and ``keys``."""
+    return settings_of(*MODEL_BUNDLE_KEYS, *keys)
+
+
+def for_dataset(settings, section, name):
+    """``settings`` with ``section.datasets`` cut to ``name`` (and its ``custom`` entry),
+    so adding a benchmark or dataset does not rerun the others."""
+    view = dict(settings[section])
+    view["datasets"] = {name: view["datasets"][name]}
+    if "custom" in view:
+        view["custom"] = {k: v for k, v in view["custom"].items() if k == name}
+    return {**settings, section: view}
+
 
 DEMO_IMAGES = "results/demo/images"
 DEMO_VOC = "results/demo/voc/VOC2012"
@@ -211,10 +237,15 @@ def classification_root(wildcards):
     return [root] if root == DEMO_IMAGEFOLDER or Path(root).exists() else []
 
 
-def captioner_settings():
-    """The captioning section less the steering study, which only caption_steering reads:
-    a new steering target reruns the study, not the captioners."""
-    return {k: v for k, v in config["captioning"].items() if k != "steering"}
+def captioner_settings(*keys):
+    """:func:`settings_of` the captioning section (and ``keys``) less the steering study,
+    which only caption_steering reads: a new steering target reruns the study, not the
+    captioners."""
+    settings = settings_of("captioning", *keys)
+    settings["captioning"] = {
+        k: v for k, v in settings["captioning"].items() if k != "steering"
+    }
+    return settings
 
 
 def captioning_data(wildcards=None):

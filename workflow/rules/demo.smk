@@ -113,9 +113,7 @@ rule world_recovery:
         ENV
     threads: 2
     params:
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
+        settings=model_settings(),
         code=script_version("world_recovery"),
     script:
         "../scripts/world_recovery.py"
@@ -140,8 +138,7 @@ rule naming_methods:
         ENV
     threads: 2
     params:
-        naming=config["naming"],
-        threshold=config["hierarchy"]["threshold"],
+        settings=settings_of("naming", "hierarchy.threshold"),
         code=script_version("naming_methods"),
     script:
         "../scripts/naming_methods.py"

@@ -23,7 +23,7 @@ rule train_dinoiser:
         weights=backbone_weights,
         index=lambda wc: f"results/images/{dinoiser_dataset()}/index.parquet",
     output:
-        weights="results/models/dinoiser.safetensors",
+        weights=RUN.dinoiser_weights,
         metrics="results/models/dinoiser.json",
     log:
         "logs/train_dinoiser.log",
@@ -34,10 +34,24 @@ rule train_dinoiser:
         gpu=config["resources"]["gpus"],
         runtime=240,
     params:
-        backbone=config["backbone"],
-        device=config["device"],
-        dinoiser=config["dinoiser"],
-        images=config["images"],
+        settings=settings_of(
+            "backbone",
+            "images",
+            *(
+                f"dinoiser.{key}"
+                for key in (
+                    "head",
+                    "images",
+                    "epochs",
+                    "lr",
+                    "batch_size",
+                    "d_out",
+                    "teacher_threshold",
+                    "seed",
+                    "teacher",
+                )
+            ),
+        ),
         code=script_version("train_dinoiser"),
     script:
         "../scripts/train_dinoiser.py"
@@ -63,11 +77,7 @@ rule extract_features:
         gpu=config["resources"]["gpus"],
         runtime=120,
     params:
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
-        images=config["images"],
-        features=config["features"],
+        settings=model_settings("images", "features"),
         code=script_version("extract_features"),
     script:
         "../scripts/extract_features.py"

@@ -20,11 +20,7 @@ rule interpretability:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        datasets=config["interpretability"]["datasets"],
-        cfg=config["interpretability"],
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
+        settings=model_settings("interpretability"),
         code=script_version("interpretability"),
     script:
         "../scripts/interpretability.py"

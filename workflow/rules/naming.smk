@@ -9,7 +9,12 @@ rule vocabulary:
     conda:
         ENV
     params:
-        sources=config["vocabulary"],
+        settings=settings_of(
+            "vocabulary.wordfreq_top",
+            "vocabulary.concreteness",
+            "vocabulary.word_lists",
+            "vocabulary.laion",
+        ),
         code=script_version("vocabulary"),
     script:
         "../scripts/vocabulary.py"
@@ -32,10 +37,12 @@ rule embed_vocabulary:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        backbone=config["backbone"],
-        device=config["device"],
-        vocabulary=config["vocabulary"],
-        cache="results/vocabulary/cache",
+        settings=settings_of(
+            "backbone",
+            "vocabulary.embeddings",
+            "vocabulary.index",
+            "vocabulary.precision",
+        ),
         code=script_version("embed_vocabulary"),
     script:
         "../scripts/embed_vocabulary.py"
@@ -60,8 +67,7 @@ rule name_concepts:
         ENV
     threads: 2
     params:
-        naming=config["naming"],
-        threshold=config["hierarchy"]["threshold"],
+        settings=settings_of("naming", "hierarchy.threshold"),
         code=script_version("name_concepts"),
     script:
         "../scripts/name_concepts.py"

@@ -25,13 +25,7 @@ rule ovs:
     resources:
         gpu=config["resources"]["gpus"],
     params:
-        root=lambda wc: config["ovs"]["datasets"][wc.benchmark],
-        ovs=config["ovs"],
-        backbone=config["backbone"],
-        device=config["device"],
-        gamma=config["dinoiser"]["gamma"],
-        precision=config["features"]["precision"],
-        cache="results/vocabulary/cache",
+        settings=lambda wc: for_dataset(model_settings("ovs"), "ovs", wc.benchmark),
         code=script_version("ovs"),
     script:
         "../scripts/ovs.py"

@@ -17,9 +17,7 @@ if not config["sae"]["checkpoint"]:
             mem_mb=config["resources"]["mem_mb_train_sae"],
             runtime=24 * 60,
         params:
-            sae=config["sae"],
-            device=config["device"],
-            checkpoints="results/models/checkpoints",
+            settings=settings_of("sae"),
             code=script_version("train_sae"),
         script:
             "../scripts/train_sae.py"
@@ -43,8 +41,7 @@ else:
             gpu=config["resources"]["gpus"],
             runtime=60,
         params:
-            sae=config["sae"],
-            device=config["device"],
+            settings=settings_of("sae"),
             code=script_version("import_sae"),
         script:
             "../scripts/import_sae.py"
@@ -68,8 +65,6 @@ rule encode_concepts:
         gpu=config["resources"]["gpus"],
         runtime=60,
     params:
-        chunk=config["sae"]["encode_chunk"],
-        device=config["device"],
         code=script_version("encode_concepts"),
     script:
         "../scripts/encode_concepts.py"

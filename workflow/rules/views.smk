@@ -18,9 +18,7 @@ rule browser:
     conda:
         ENV
     params:
-        cfg=config["browser"],
-        backbone=config["backbone"],
-        cache="results/cache/thumbnails",
+        settings=settings_of("backbone", "browser"),
         code=script_version("browser"),
     script:
         "../scripts/browser.py"

@@ -6,21 +6,23 @@ import torch
 from insight.core.io import write_json
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
-from insight.models.frozen import frozen_spec, load_frozen
+from insight.core.settings import job_settings
+from insight.models.frozen import load_frozen, model_bundle
 from insight.sae.model import load_sae
 from insight.views.steering import steering_on_test_split
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
-frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)
-device = resolve_device(snakemake.params.device)
+frozen = model_bundle(settings, snakemake.input.dinoiser)
+device = resolve_device(settings.device)
 result = steering_on_test_split(
     snakemake.input.captioner,
     load_frozen(frozen, device),
     load_sae(snakemake.input.sae).to(device),
     pq.read_table(snakemake.input.names, columns=["concept", "name"]),
     pq.read_table(snakemake.input.families),
-    snakemake.params.cfg,
+    settings.captioning,
     device,
 )
 write_json(result, snakemake.output[0])

@@ -6,11 +6,13 @@ import pyarrow as pa
 import torch
 
 from insight.core.io import write_json, write_parquet
+from insight.core.layout import RUN
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.data.benchmarks import imagefolder
 from insight.data.images import DatasetLayoutError
-from insight.models.frozen import frozen_spec, load_frozen
+from insight.models.frozen import load_frozen, model_bundle
 from insight.sae.model import load_sae
 from insight.tasks.classification import (
     classification_heatmaps,
@@ -19,15 +21,15 @@ from insight.tasks.classification import (
 )
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
-name, cfg = snakemake.wildcards.cdataset, snakemake.params.cfg
-frozen = frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma)
-device = resolve_device(snakemake.params.device)
+name, probes = snakemake.wildcards.cdataset, settings.classification
+root = probes.datasets[name]
+frozen = model_bundle(settings, snakemake.input.dinoiser)
+device = resolve_device(settings.device)
 try:
-    train_pairs, classes = imagefolder(
-        snakemake.params.root, cfg["train_split"], cfg["images_per_class"]
-    )
-    test_pairs, _ = imagefolder(snakemake.params.root, cfg["test_split"], cfg["images_per_class"])
+    train_pairs, classes = imagefolder(root, probes.train_split, probes.images_per_class)
+    test_pairs, _ = imagefolder(root, probes.test_split, probes.images_per_class)
 except (DatasetLayoutError, FileNotFoundError) as err:
     log.warning("%s not run: %s", name, err)
     for path in (snakemake.output.train, snakemake.output.test):
@@ -48,8 +50,8 @@ else:
         classes,
         models,
         frozen.backbone,
-        cfg,
-        snakemake.params.cache,
+        probes,
+        RUN.text_cache,
         device,
         snakemake.input.names,
     )

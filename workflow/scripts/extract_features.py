@@ -5,22 +5,19 @@ import torch
 
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.features.extract import extract_config, extract_shard_from_index
-from insight.models.frozen import frozen_spec
+from insight.models.frozen import model_bundle
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 stats = extract_shard_from_index(
     index=pq.read_table(snakemake.input.index),
     shard=int(snakemake.wildcards.shard),
-    frozen=frozen_spec(
-        snakemake.params.backbone,
-        snakemake.input.dinoiser,
-        snakemake.params.gamma,
-        snakemake.params.features["precision"],
-    ),
-    config=extract_config(snakemake.params.features, snakemake.params.images),
-    device=resolve_device(snakemake.params.device),
+    frozen=model_bundle(settings, snakemake.input.dinoiser),
+    config=extract_config(settings.features, settings.images),
+    device=resolve_device(settings.device),
     out_path=snakemake.output.features,
     rejected_path=snakemake.output.rejected,
 )

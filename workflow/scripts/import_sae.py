@@ -5,16 +5,18 @@ import torch
 from insight.core.io import write_json
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.sae.model import save_sae
 from insight.sae.training import import_sae
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 sae, report = import_sae(
     snakemake.input.folder,
     snakemake.input.features,
-    snakemake.params.sae,
-    resolve_device(snakemake.params.device),
+    settings.sae,
+    resolve_device(settings.device),
 )
 save_sae(sae, snakemake.output.weights)
 write_json(report, snakemake.output.metrics)

@@ -7,17 +7,19 @@ import torch
 from insight.core.io import atomic_path
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
-from insight.models.frozen import frozen_spec
+from insight.core.settings import job_settings
+from insight.models.frozen import model_bundle
 from insight.tasks.interpretability import interpretability_rows
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 rows = interpretability_rows(
-    snakemake.params.datasets,
-    frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma),
+    settings.interpretability.datasets,
+    model_bundle(settings, snakemake.input.dinoiser),
     snakemake.input.sae,
-    snakemake.params.cfg,
-    resolve_device(snakemake.params.device),
+    settings.interpretability,
+    resolve_device(settings.device),
 )
 columns = [
     "method",

@@ -4,9 +4,11 @@ import torch
 
 from insight.core.io import write_parquet
 from insight.core.provenance import start_job
+from insight.core.settings import job_settings
 from insight.naming.names import name_concepts
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 table = name_concepts(
     snakemake.input.sae,
@@ -15,9 +17,9 @@ table = name_concepts(
     snakemake.input.concepts,
     snakemake.input.embeddings,
     snakemake.input.index,
-    snakemake.params.naming,
+    settings.naming,
     snakemake.input.cooccurrence,
-    snakemake.params.threshold,
+    settings.hierarchy.threshold,
     snakemake.input.imported[0] if snakemake.input.imported else None,
 )
 write_parquet(table, snakemake.output[0])
@@ -26,5 +28,5 @@ log.info(
     "named %d of %d concepts (method %s)",
     named.num_rows,
     table.num_rows,
-    snakemake.params.naming["method"],
+    settings.naming.method,
 )

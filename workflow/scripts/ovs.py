@@ -5,29 +5,27 @@ from pathlib import Path
 import torch
 
 from insight.core.io import write_json
+from insight.core.layout import RUN
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.data.images import DatasetLayoutError
-from insight.models.frozen import frozen_spec
+from insight.models.frozen import model_bundle
 from insight.tasks.ovs import evaluate_ovs
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 name = snakemake.wildcards.benchmark
 try:
     result = evaluate_ovs(
         name,
-        snakemake.params.root,
-        frozen_spec(
-            snakemake.params.backbone,
-            snakemake.input.dinoiser,
-            snakemake.params.gamma,
-            snakemake.params.precision,
-        ),
+        settings.ovs.datasets[name],
+        model_bundle(settings, snakemake.input.dinoiser),
         snakemake.input.sae,
-        snakemake.params.ovs,
-        snakemake.params.cache,
-        resolve_device(snakemake.params.device),
+        settings.ovs,
+        RUN.text_cache,
+        resolve_device(settings.device),
         out_dir=snakemake.output.figures,
         names_path=snakemake.input.names[0] if snakemake.input.names else None,
     )

@@ -5,16 +5,18 @@ import torch
 from insight.core.io import write_json
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.tasks.captioning import train_captioning_method
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 result = train_captioning_method(
     snakemake.input.tokens,
     snakemake.input.captions,
     snakemake.wildcards.method,
-    snakemake.params.cfg,
-    resolve_device(snakemake.params.device),
+    settings.captioning,
+    resolve_device(settings.device),
     snakemake.output.model,
 )
 write_json(result, snakemake.output.result)

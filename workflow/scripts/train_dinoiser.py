@@ -6,6 +6,7 @@ import torch
 from insight.core.io import write_json
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.data.images import decode_policy
 from insight.models.backbone import backbone_spec
 from insight.models.dinoiser import save_dinoiser
@@ -17,17 +18,19 @@ from insight.models.dinoiser_training import (
 )
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
-cfg = snakemake.params.dinoiser
-refs = sample_training_images(pq.read_table(snakemake.input.index), cfg["images"], cfg["seed"])
+dinoiser = settings.dinoiser
+index = pq.read_table(snakemake.input.index)
+refs = sample_training_images(index, dinoiser.images, dinoiser.seed)
 model, metrics = train_dinoiser_from_images(
     refs,
-    backbone_spec(snakemake.params.backbone),
-    teacher_spec(cfg["teacher"]),
-    dinoiser_train_config(cfg),
-    decode_policy(snakemake.params.images),
-    resolve_device(snakemake.params.device),
+    backbone_spec(settings.backbone),
+    teacher_spec(dinoiser.teacher),
+    dinoiser_train_config(dinoiser),
+    decode_policy(settings.images),
+    resolve_device(settings.device),
 )
 save_dinoiser(model, snakemake.output.weights)
-write_json({"config": cfg, "metrics": metrics}, snakemake.output.metrics)
+write_json({"config": snakemake.params.settings, "metrics": metrics}, snakemake.output.metrics)
 log.info("DINOiser trained: %s", metrics)

@@ -3,18 +3,21 @@
 import torch
 
 from insight.core.io import write_json
+from insight.core.layout import RUN
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.sae.model import save_sae
 from insight.sae.training import train_sae_from_shards
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 sae, report = train_sae_from_shards(
     snakemake.input.features,
-    snakemake.params.sae,
-    resolve_device(snakemake.params.device),
-    snakemake.params.checkpoints,
+    settings.sae,
+    resolve_device(settings.device),
+    RUN.sae_checkpoints,
 )
 save_sae(sae, snakemake.output.weights)
 write_json(report, snakemake.output.metrics)

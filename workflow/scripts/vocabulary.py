@@ -2,10 +2,12 @@
 
 from insight.core.io import write_parquet
 from insight.core.provenance import start_job
+from insight.core.settings import job_settings
 from insight.naming.vocabulary import build_vocabulary, collect_sources
 
 log = start_job(snakemake)
-sources = collect_sources(snakemake.params.sources)
+settings = job_settings(snakemake)
+sources = collect_sources(settings.vocabulary)
 table, dropped = build_vocabulary(sources)
 write_parquet(table, snakemake.output[0])
 log.info("%d terms from %s", table.num_rows, {name: len(terms) for name, terms in sources.items()})

@@ -5,18 +5,20 @@ import torch
 from insight.core.io import write_json
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
+from insight.core.settings import job_settings
 from insight.demo.recovery import world_recovery
-from insight.models.frozen import frozen_spec
+from insight.models.frozen import model_bundle
 
 log = start_job(snakemake)
+settings = job_settings(snakemake)
 torch.set_num_threads(snakemake.threads)
 result = world_recovery(
     snakemake.input.parts,
-    frozen_spec(snakemake.params.backbone, snakemake.input.dinoiser, snakemake.params.gamma),
+    model_bundle(settings, snakemake.input.dinoiser),
     snakemake.input.sae,
     snakemake.input.families,
     snakemake.input.names,
-    resolve_device(snakemake.params.device),
+    resolve_device(settings.device),
 )
 families = result["families"]
 log.info(
