@@ -106,6 +106,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> int:
+    from insight.core.settings import settings_reference
+
+    print(settings_reference(), end="")
+    return 0
+
+
 CONFIGFILE = {
     "action": "append",
     "default": [],
@@ -155,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     share.add_argument("--configfile", **CONFIGFILE)
     share.add_argument("--results", type=Path, default=Path("results"))
     share.set_defaults(run=_export)
+    reference = commands.add_parser(
+        "settings", help="every setting: type, default, whether it changes results (Markdown)"
+    )
+    reference.set_defaults(run=_settings)
     return top
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import types
 import typing
 from functools import cache
@@ -200,6 +201,44 @@ def runtime_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
     return keys
 
 
+def _reference_rows(node: dict, prefix: str, affects: bool) -> list[str]:
+    rows = []
+    for key, child in node.get("properties", {}).items():
+        dotted, marked = f"{prefix}{key}", affects and child.get("affects_results", True)
+        if child.get("properties"):
+            rows += _reference_rows(child, f"{dotted}.", marked)
+            continue
+        kind = child.get("type", "any")
+        kind = " or ".join(kind) if isinstance(kind, list) else kind
+        if "enum" in child:
+            kind = " / ".join(f"`{v}`" for v in child["enum"])
+        default = json.dumps(child["default"]) if "default" in child else "(required)"
+        description = " ".join(str(child.get("description", "")).split()).replace("|", "\\|")
+        rows.append(
+            f"| `{dotted}` | {kind} | `{default}` | {'yes' if marked else 'no'} | {description} |"
+        )
+    return rows
+
+
+def settings_reference(schema: dict | None = None) -> str:
+    """Every setting of the schema as a Markdown table: key, type, default, whether it
+    changes results (a rule's params, hence reruns), description (``docs/settings-reference.md``
+    is this, written by ``insight settings``)."""
+    schema = load_schema() if schema is None else schema
+    header = [
+        "# Settings reference",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by `insight settings`; do not",
+        "edit by hand. *Results*: whether the setting changes any output. Settings that do not",
+        "(threads, inference batch sizes, chunking, checkpoint cadence, cache folders, device,",
+        "resources) are read when a job runs and never make Snakemake rerun a job.",
+        "",
+        "| setting | type | default | results | description |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(header + _reference_rows(schema, "", True)) + "\n"
+
+
 def result_settings(config: dict, *keys: str) -> dict:
     """``{key: result_view(config, key)}`` for each dotted key: a rule's ``settings`` param."""
     return {key: result_view(config, key) for key in keys}
@@ -225,7 +264,5 @@ def from_settings(cls: type, section):
 def results_only(section: str, settings) -> dict:
     """A typed section as the config's dict (lists, not tuples) less what the schema marks
     as changing no output (what keys a resumable checkpoint, for example)."""
-    import json
-
     as_config = json.loads(json.dumps(dataclasses.asdict(settings)))
     return _results_only(as_config, _node(load_schema(), section))

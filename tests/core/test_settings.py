@@ -22,6 +22,7 @@ from insight.core.settings import (
     runtime_keys,
     section_settings,
     settings_from_config,
+    settings_reference,
     validate_config,
 )
 from insight.demo.clip_training import ClipTrainConfig
@@ -192,3 +193,22 @@ def test_section_settings_fills_the_schemas_defaults():
     assert (sae.k, sae.d_sae) == (4, 8192)
     with pytest.raises(ConfigError, match="sae.k"):
         section_settings("sae", {"k": 0})
+
+
+def test_the_settings_reference_is_the_schema_written_out():
+    """docs/settings-reference.md is what ``insight settings`` writes from the schema today,
+    with one row per leaf setting: its type, default and whether it changes results."""
+    reference = settings_reference()
+    assert (REPO / "docs/settings-reference.md").read_text() == reference, (
+        "docs/settings-reference.md is stale: run `insight settings > docs/settings-reference.md`"
+    )
+    rows = {}
+    for line in reference.splitlines():
+        if line.startswith("| `"):
+            key, *cells = line.strip("| ").split(" | ")
+            rows[key.strip("`")] = cells
+    assert rows["sae.k"][:3] == ["integer", "`12`", "yes"]
+    assert rows["ovs.background"][0] == "`auto` / `prompt` / `threshold` / `found`"
+    marked_no = {key for key, cells in rows.items() if cells[2] == "no"}
+    covered = {key for key in marked_no for runtime in runtime_keys() if key.startswith(runtime)}
+    assert covered == marked_no and "resources.gpus" in marked_no

@@ -7,7 +7,7 @@ together, as a "dalmatian" is a dog with spots. The vocabulary holds each parent
 recovers a parent atom should take the parent's term; one that recovers a residual
 should take the child's term, not the residual's. Eq. 6 (``decoder``) names residual
 concepts by the residual alone; Eq. B.9 (``hierarchy``) adds the parent the family DAG
-found. README reports the three scores."""
+found. docs/demo.md reports the three scores."""
 
 import json
 

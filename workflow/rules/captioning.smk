@@ -2,7 +2,7 @@ rule caption_tokens:
     """Pooled 8x8 tokens of every Karpathy split: backbone and SAE reconstruction (B.6)."""
     input:
         weights=backbone_weights,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
         data=captioning_data,
     output:
@@ -51,11 +51,11 @@ rule caption_steering:
     """Zero the concepts named for each target word; how the test captions change (Fig. 6)."""
     input:
         weights=backbone_weights,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
-        names="results/naming/names.parquet",
-        families="results/hierarchy/families.parquet",
-        captioner="results/models/captioner/insight",
+        names=RUN.names,
+        families=RUN.families,
+        captioner=RUN.captioner,
         data=captioning_data,
     output:
         "results/captioning/steering.json",

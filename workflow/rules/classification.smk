@@ -2,10 +2,10 @@ rule classification:
     """Probes on INSIGHT concepts and on CLIP, and zero-shot CLIP, for one dataset (App. B.5)."""
     input:
         weights=backbone_weights,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
         root=classification_root,
-        names="results/naming/names.parquet",
+        names=RUN.names,
     output:
         result="results/classification/{cdataset}.json",
         train="results/classification/{cdataset}/train.parquet",

@@ -296,7 +296,7 @@ def dinoiser_weights(wildcards=None):
         if not Path(dinoiser["checkpoint"]).is_file():
             raise WorkflowError(published_head_missing(dinoiser["checkpoint"]))
         return [dinoiser["checkpoint"]]
-    return ["results/models/dinoiser.safetensors"]
+    return [RUN.dinoiser_weights]
 
 
 def all_targets():
@@ -305,8 +305,8 @@ def all_targets():
         if "source" in dataset_config(name):
             targets.append(f"results/features/{name}/summary.json")
         targets.append(f"results/concepts/{name}/summary.json")
-    targets.append("results/hierarchy/families.parquet")
-    targets.append("results/naming/names.parquet")
+    targets.append(RUN.families)
+    targets.append(RUN.names)
     if config["ovs"]["datasets"]:
         targets.append("results/ovs_table.csv")
     if config["interpretability"]["datasets"]:

@@ -101,10 +101,10 @@ rule world_recovery:
     input:
         weights=backbone_weights,
         parts=DEMO_PARTS,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
-        families="results/hierarchy/families.parquet",
-        names="results/naming/names.parquet",
+        families=RUN.families,
+        names=RUN.names,
     output:
         "results/demo/world_recovery.json",
     log:
@@ -122,14 +122,14 @@ rule world_recovery:
 rule naming_methods:
     """The demo's concepts named by Eq. 6, B.9 and the release's vector, side by side."""
     input:
-        names="results/naming/names.parquet",
-        sae="results/models/sae.safetensors",
-        families="results/hierarchy/families.parquet",
-        cooccurrence="results/hierarchy/cooccurrence.parquet",
-        totals="results/hierarchy/totals.parquet",
+        names=RUN.names,
+        sae=RUN.sae_weights,
+        families=RUN.families,
+        cooccurrence=RUN.cooccurrence,
+        totals=RUN.totals,
         concepts=lambda wc: concept_shards(hierarchy_dataset()),
-        embeddings="results/vocabulary/embeddings.parquet",
-        index="results/vocabulary/index.faiss",
+        embeddings=RUN.embeddings,
+        index=RUN.vocabulary_index,
     output:
         "results/demo/naming_methods.json",
     log:

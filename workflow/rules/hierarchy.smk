@@ -2,7 +2,7 @@ rule cooccurrence_partial:
     """Partial sums of Eq. 5 over one group of concept shards (one job per group)."""
     input:
         concepts=lambda wc: partial_groups()[int(wc.part)],
-        sae="results/models/sae.json",
+        sae=RUN.sae_report,
     output:
         "results/hierarchy/partials/part-{part}.safetensors",
     log:
@@ -29,10 +29,10 @@ rule cooccurrence:
             "results/hierarchy/partials/part-{part:05d}.safetensors",
             part=range(len(partial_groups())),
         ),
-        sae="results/models/sae.json",
+        sae=RUN.sae_report,
     output:
-        cooccurrence="results/hierarchy/cooccurrence.parquet",
-        totals="results/hierarchy/totals.parquet",
+        cooccurrence=RUN.cooccurrence,
+        totals=RUN.totals,
     log:
         "logs/cooccurrence.log",
     conda:
@@ -49,10 +49,10 @@ rule cooccurrence:
 rule family_dag:
     """Threshold D, invert the edges, resolve cycles: the family DAG (Sec. 3.3)."""
     input:
-        cooccurrence="results/hierarchy/cooccurrence.parquet",
-        totals="results/hierarchy/totals.parquet",
+        cooccurrence=RUN.cooccurrence,
+        totals=RUN.totals,
     output:
-        families="results/hierarchy/families.parquet",
+        families=RUN.families,
         graphml="results/hierarchy/families.graphml",
         summary="results/hierarchy/families.json",
     log:

@@ -2,7 +2,7 @@ rule interpretability:
     """Locality, Consistency, Impurity (App. A.1): INSIGHT and the global-broadcast baseline."""
     input:
         weights=backbone_weights,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
         roots=interpretability_roots,
     output:

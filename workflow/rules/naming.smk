@@ -3,7 +3,7 @@ rule vocabulary:
     input:
         lists=config["vocabulary"]["word_lists"] + config["vocabulary"]["laion"],
     output:
-        "results/vocabulary/terms.parquet",
+        RUN.terms,
     log:
         "logs/vocabulary.log",
     conda:
@@ -24,11 +24,11 @@ rule embed_vocabulary:
     """Template-averaged text embeddings per part of speech (Eq. B.11) and a FAISS index."""
     input:
         weights=backbone_weights,
-        terms="results/vocabulary/terms.parquet",
+        terms=RUN.terms,
         given=user_embeddings,
     output:
-        embeddings="results/vocabulary/embeddings.parquet",
-        index="results/vocabulary/index.faiss",
+        embeddings=RUN.embeddings,
+        index=RUN.vocabulary_index,
     log:
         "logs/embed_vocabulary.log",
     conda:
@@ -51,16 +51,16 @@ rule embed_vocabulary:
 rule name_concepts:
     """Name every concept: Eq. B.9 with its parents (hierarchy), Eq. 6 (decoder) or the release's vector (release)."""
     input:
-        sae="results/models/sae.safetensors",
-        families="results/hierarchy/families.parquet",
-        cooccurrence="results/hierarchy/cooccurrence.parquet",
-        totals="results/hierarchy/totals.parquet",
+        sae=RUN.sae_weights,
+        families=RUN.families,
+        cooccurrence=RUN.cooccurrence,
+        totals=RUN.totals,
         imported=imported_names,
         concepts=lambda wc: concept_shards(hierarchy_dataset()),
-        embeddings="results/vocabulary/embeddings.parquet",
-        index="results/vocabulary/index.faiss",
+        embeddings=RUN.embeddings,
+        index=RUN.vocabulary_index,
     output:
-        "results/naming/names.parquet",
+        RUN.names,
     log:
         "logs/name_concepts.log",
     conda:

@@ -2,12 +2,10 @@ rule ovs:
     """One benchmark: per-class IoU and mIoU of the three methods (absent data: 'not run')."""
     input:
         weights=backbone_weights,
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
         dinoiser=dinoiser_weights,
         root=ovs_root_input,
-        names=lambda wc: (
-            ["results/naming/names.parquet"] if config["ovs"]["explain_images"] else []
-        ),
+        names=lambda wc: ([RUN.names] if config["ovs"]["explain_images"] else []),
     output:
         result="results/ovs/{benchmark}.json",
         figures=report(

@@ -5,8 +5,8 @@ if not config["sae"]["checkpoint"]:
         input:
             features=lambda wc: feature_shards(config["train_dataset"]),
         output:
-            weights="results/models/sae.safetensors",
-            metrics="results/models/sae.json",
+            weights=RUN.sae_weights,
+            metrics=RUN.sae_report,
         log:
             "logs/train_sae.log",
         conda:
@@ -30,8 +30,8 @@ else:
             folder=config["sae"]["checkpoint"],
             features=lambda wc: feature_shards(config["train_dataset"]),
         output:
-            weights="results/models/sae.safetensors",
-            metrics="results/models/sae.json",
+            weights=RUN.sae_weights,
+            metrics=RUN.sae_report,
         log:
             "logs/import_sae.log",
         conda:
@@ -51,7 +51,7 @@ rule encode_concepts:
     """Sparse concept activations of one feature shard (thresholded SAE codes)."""
     input:
         features=lambda wc: feature_shard(wc.dataset, wc.shard),
-        sae="results/models/sae.safetensors",
+        sae=RUN.sae_weights,
     output:
         "results/concepts/{dataset}/shard-{shard}.parquet",
     log:
@@ -75,7 +75,7 @@ rule concepts_summary:
     input:
         concepts=lambda wc: concept_shards(wc.dataset),
         features=lambda wc: feature_shards(wc.dataset),
-        sae="results/models/sae.json",
+        sae=RUN.sae_report,
     output:
         "results/concepts/{dataset}/summary.json",
     log:

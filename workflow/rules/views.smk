@@ -2,8 +2,8 @@ rule browser:
     """The static concept browser: index, one page per concept, heatmap thumbnails."""
     input:
         weights=backbone_weights,
-        names="results/naming/names.parquet",
-        families="results/hierarchy/families.parquet",
+        names=RUN.names,
+        families=RUN.families,
         concepts=lambda wc: concept_shards(browser_dataset()),
         index=browser_image_index,
     output:
@@ -27,9 +27,7 @@ rule browser:
 rule training_curves:
     """The SAE's per-step training history and the CLIP's loss per epoch, plotted."""
     input:
-        sae=lambda wc: (
-            [] if config["sae"]["checkpoint"] else ["results/models/sae.json"]
-        ),
+        sae=lambda wc: ([] if config["sae"]["checkpoint"] else [RUN.sae_report]),
         clip=lambda wc: (
             ["results/models/clip_training.json"]
             if config["clip_training"]["pairs"]
