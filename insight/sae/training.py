@@ -21,6 +21,8 @@ from insight.sae.evaluation import evaluate_heldout, set_inference_threshold, th
 from insight.sae.model import MatryoshkaBatchTopKSAE, SAEConfig, matryoshka_group_sizes
 from insight.sae.trainer import SAETrainer, train_config
 
+log = logging.getLogger(__name__)
+
 
 def sae_config(settings: SAESettings, d_in: int) -> SAEConfig:
     """The SAE architecture from the ``sae`` config section (groups from ratios unless given)."""
@@ -133,9 +135,6 @@ def train_sae_from_shards(
     }
 
 
-log = logging.getLogger(__name__)
-
-
 def import_sae(
     folder: str | Path,
     feature_paths: Sequence[str | Path],
@@ -146,7 +145,7 @@ def import_sae(
     on the held-out images; the report records where it came from."""
     from insight.sae.interop import read_dictionary_learning
 
-    sae, settings = read_dictionary_learning(folder)
+    sae, released_settings = read_dictionary_learning(folder)
     d_in = pq.read_schema(str(feature_paths[0])).field("embedding").type.list_size
     if d_in != sae.config.d_in:
         raise ValueError(
@@ -156,7 +155,7 @@ def import_sae(
     sae.cpu()
     report = {
         "config": sae.config.to_dict(),
-        "source": {"format": "dictionary_learning", "path": str(folder), **settings},
+        "source": {"format": "dictionary_learning", "path": str(folder), **released_settings},
         "metrics": {"heldout": heldout},
     }
     return sae, report
