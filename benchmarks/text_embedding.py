@@ -20,7 +20,7 @@ from _common import parser as benchmark_parser
 
 from insight.core.runtime import resolve_device
 from insight.models.backbone import BackboneSpec, load_clip
-from insight.models.prompts import TEMPLATES
+from insight.models.prompts import RELEASE_TEMPLATES
 from insight.models.text import EmbeddingCache, TextEncoder
 from insight.naming.vocabulary import wordfreq_terms
 
@@ -38,7 +38,7 @@ def main() -> None:
     prompts = [
         template.format(term)
         for term in terms
-        for templates in TEMPLATES.values()
+        for templates in RELEASE_TEMPLATES.values()
         for template in templates
     ]
     sync = cuda_sync(device)

@@ -149,6 +149,7 @@ class VocabularySettings:
     word_lists: tuple[str, ...]
     laion: tuple[str, ...]
     embeddings: str | None
+    templates: str
     index: str
     batch_size: int
     precision: str
@@ -174,6 +175,9 @@ class OVSSettings:
     background_threshold: float
     found_confidence: float
     found_foreground: float
+    found_at: str
+    window_scores: str
+    class_names: str
     short_side: int | str
     long_max: int
     window: int

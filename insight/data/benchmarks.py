@@ -1,13 +1,15 @@
 """The eight open-vocabulary segmentation benchmarks in their standard layouts.
 
 Each :class:`OVSDataset` says where its images and labels live below a root folder,
-its class names (readable forms of the mmseg / CLIP-DINOiser lists), whether class 0
+its class names (the mmseg / CLIP-DINOiser tuples the published numbers were made with;
+readable forms on request), whether class 0
 is a background that prompts handle (``background``), and mmseg's ``reduce_zero_label``.
 A missing root, split file or label raises :class:`DatasetLayoutError` naming the layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,8 @@ def imagefolder(
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor",
+    "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
+    "tvmonitor",
 )  # fmt: skip
 
 
@@ -69,7 +72,7 @@ CONTEXT_CLASSES = (
     "dog", "door", "fence", "floor", "flower", "food", "grass", "ground", "horse", "keyboard", "light",
     "motorbike", "mountain", "mouse", "person", "plate", "platform", "potted plant", "road", "rock", "sheep",
     "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck",
-    "tv monitor", "wall", "water", "window", "wood",
+    "tvmonitor", "wall", "water", "window", "wood",
 )  # fmt: skip
 
 
@@ -85,18 +88,22 @@ COCO_THINGS = (
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
+# COCO-Object spells the fifth class "aeroplane" (CLIP-DINOiser's list and CFM's cls_coco_object.txt)
+COCO_OBJECT_CLASSES = ("background", *("aeroplane" if c == "airplane" else c for c in COCO_THINGS))
+
 
 COCO_STUFF = (
-    "banner", "blanket", "branch", "bridge", "building", "bush", "cabinet", "cage", "cardboard", "carpet",
-    "ceiling", "ceiling tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain", "desk", "dirt",
-    "door", "fence", "marble floor", "floor", "stone floor", "tile floor", "wood floor", "flower", "fog",
-    "food", "fruit", "furniture", "grass", "gravel", "ground", "hill", "house", "leaves", "light", "mat",
-    "metal", "mirror", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement", "pillow", "plant",
-    "plastic", "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug",
-    "salad", "sand", "sea", "shelf", "sky", "skyscraper", "snow", "solid", "stairs", "stone", "straw",
-    "structural", "table", "tent", "textile", "towel", "tree", "vegetable", "brick wall", "concrete wall",
-    "wall", "panel wall", "stone wall", "tile wall", "wood wall", "water", "waterdrops", "window blind",
-    "window", "wood",
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage", "cardboard",
+    "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter", "cupboard", "curtain",
+    "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble", "floor-other", "floor-stone", "floor-tile",
+    "floor-wood", "flower", "fog", "food-other", "fruit", "furniture-other", "grass", "gravel",
+    "ground-other", "hill", "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain",
+    "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic", "platform",
+    "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad", "sand", "sea",
+    "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone", "straw", "structural-other",
+    "table", "tent", "textile-other", "towel", "tree", "vegetable", "wall-brick", "wall-concrete",
+    "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other", "waterdrops",
+    "window-blind", "window-other", "wood",
 )  # fmt: skip
 
 
@@ -107,7 +114,7 @@ CITYSCAPES_CLASSES = (
 
 
 ADE_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane", "grass", "cabinet",
     "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
     "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
     "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
@@ -150,7 +157,7 @@ DATASETS: dict[str, OVSDataset] = {
     "coco_object": OVSDataset(
         "coco_object",
         "coco",
-        ("background", *COCO_THINGS),
+        COCO_OBJECT_CLASSES,
         background=True,
         label_suffix="_instanceTrainIds.png",
     ),
@@ -162,10 +169,41 @@ DATASETS: dict[str, OVSDataset] = {
 }
 
 
-def benchmark(name: str, custom: dict | None = None) -> OVSDataset:
+CLASS_NAME_SETTINGS = ("release", "readable")
+READABLE_RENAMES = {
+    "voc": {"dining table": "table"},
+    "voc20": {"dining table": "table"},
+    "coco_object": {"aeroplane": "airplane"},
+}
+SWAPPED_STUFF = ("floor", "wall")  # "floor-marble" reads "marble floor"
+
+
+def readable_class_name(name: str, benchmark_name: str = "") -> str:
+    """The readable form of a released class name: ``tvmonitor`` -> ``tv monitor``,
+    COCO-Stuff's ``building-other`` -> ``building``, ``floor-marble`` -> ``marble floor``,
+    ``ceiling-tile`` -> ``ceiling tile``, ADE20K's ``"bed "`` -> ``bed``."""
+    name = READABLE_RENAMES.get(benchmark_name, {}).get(name, name).strip()
+    if name == "tvmonitor":
+        return "tv monitor"
+    base, dash, kind = name.partition("-")
+    if not dash:
+        return name
+    if kind in ("other", "stuff"):
+        return base
+    return f"{kind} {base}" if base in SWAPPED_STUFF else f"{base} {kind}"
+
+
+def benchmark(name: str, custom: dict | None = None, class_names: str = "release") -> OVSDataset:
     """The benchmark ``name``: one of :data:`DATASETS`, or one defined in ``custom``
     (config ``ovs.custom``: ``{name: {layout, classes, background, reduce_zero_label}}``),
-    a dataset in a standard layout with its own class list, such as the demo's world."""
+    a dataset in a standard layout with its own class list, such as the demo's world.
+    ``class_names``: the built-in lists as the published numbers were made with them
+    (``release``: CLIP-DINOiser's and mmseg's tuples, "tvmonitor", "floor-marble") or
+    their :func:`readable_class_name` forms (``readable``); custom lists are used as given."""
+    if class_names not in CLASS_NAME_SETTINGS:
+        raise ValueError(
+            f"ovs.class_names must be one of {CLASS_NAME_SETTINGS}, not {class_names!r}"
+        )
     custom = custom or {}
     if name in custom:
         spec = custom[name]
@@ -187,7 +225,11 @@ def benchmark(name: str, custom: dict | None = None) -> OVSDataset:
             f"unknown OVS benchmark {name!r}: built-in ones are {sorted(DATASETS)}; "
             "define others under ovs.custom"
         )
-    return DATASETS[name]
+    dataset = DATASETS[name]
+    if class_names == "readable":
+        readable = tuple(readable_class_name(c, name) for c in dataset.classes)
+        return dataclasses.replace(dataset, classes=readable)
+    return dataset
 
 
 LAYOUTS = {

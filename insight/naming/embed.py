@@ -14,7 +14,7 @@ from insight.models.backbone import (
     BackboneSpec,
     load_clip,
 )
-from insight.models.prompts import TEMPLATES, template_embeddings
+from insight.models.prompts import naming_templates, template_embeddings
 from insight.models.text import cached_text_encoder
 from insight.naming.vocabulary import embedding_table
 
@@ -28,14 +28,19 @@ def embed_vocabulary(
     cache_dir: str | Path,
     device: torch.device,
 ) -> tuple[pa.Table, dict]:
-    """Eq. B.11 for every term (per part of speech), through the prompt cache."""
+    """Eq. B.11 for every term (per part of speech, templates from ``settings.templates``),
+    through the prompt cache."""
+    templates = naming_templates(settings.templates)
+    per_term = len({t for pos_templates in templates.values() for t in pos_templates})
     model, _, tokenizer = load_clip(spec, device)
     encoder = cached_text_encoder(
         model, tokenizer, spec, cache_dir, device, settings.precision, settings.batch_size
     )
     cache = encoder.cache
     bar = progress(None, "encode prompts", "prompt")
-    by_pos = template_embeddings(terms, lambda prompts: encoder.encode(prompts, bar.update))
+    by_pos = template_embeddings(
+        terms, lambda prompts: encoder.encode(prompts, bar.update), templates
+    )
     bar.close()
     stats = {
         "terms": len(terms),
@@ -44,10 +49,10 @@ def embed_vocabulary(
         "cache_misses": cache.misses,
     }
     log.info(
-        "encoded %d prompts (%d new terms x %d templates); %d prompts from the cache",
+        "encoded %d prompts (%d new terms x %d distinct templates); %d lookups from the cache",
         encoder.encoded,
-        encoder.encoded // sum(len(t) for t in TEMPLATES.values()),
-        sum(len(t) for t in TEMPLATES.values()),
+        encoder.encoded // per_term,
+        per_term,
         cache.hits,
     )
     return embedding_table(terms, by_pos), stats

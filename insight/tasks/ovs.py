@@ -83,6 +83,9 @@ class OVSConfig:
     background_threshold: float = 0.5
     found_confidence: float = 0.99
     found_foreground: float = 0.5
+    found_at: str = "window"  # or "image": the rule after averaging, at full resolution
+    window_scores: str = "probabilities"  # or "logits"
+    class_names: str = "release"  # or "readable"
     max_images: int | None = None
 
 
@@ -113,10 +116,16 @@ def background_rule(dataset: OVSDataset, setting: str, has_foreground: bool) -> 
 
 def resolved_protocol(config: OVSConfig, dataset: OVSDataset, has_foreground: bool) -> OVSConfig:
     """``config`` with this benchmark's short side and background rule filled in."""
+    background = background_rule(dataset, config.background, has_foreground)
+    if background == "found" and config.found_at == "window" and config.window_scores == "logits":
+        raise ValueError(
+            "ovs.found_at: window marks background in each window's probabilities; "
+            "it needs ovs.window_scores: probabilities (or found_at: image)"
+        )
     return dataclasses.replace(
         config,
         short_side=protocol_short_side(dataset.name, config.short_side),
-        background=background_rule(dataset, config.background, has_foreground),
+        background=background,
     )
 
 
@@ -127,8 +136,9 @@ def found_background(
     foreground_threshold: float = 0.5,
 ) -> torch.Tensor:
     """FOUND's rule: pixels whose best class probability ``(C, H, W)`` is below
-    ``confidence`` and whose foreground score ``(H, W)`` is below the threshold."""
-    return (probabilities.max(0).values < confidence) & (foreground < foreground_threshold)
+    ``confidence`` and whose foreground score ``(H, W)`` is not above the threshold
+    (CLIP-DINOiser: ``uncertain & ~(found > 0.5)``)."""
+    return (probabilities.max(0).values < confidence) & ~(foreground > foreground_threshold)
 
 
 def method_embeddings(
@@ -143,10 +153,34 @@ def method_embeddings(
 
 
 def scored_classes(dataset: OVSDataset, config: OVSConfig) -> list[str]:
-    """The classes given a text embedding (the background prompt only in ``prompt`` mode)."""
-    if dataset.background and config.background in ("threshold", "found"):
+    """The classes given a text embedding: all of them, background included, except under
+    the ``threshold`` rule and FOUND applied to the whole image (``found_at: image``)."""
+    if dataset.background and (
+        config.background == "threshold"
+        or (config.background == "found" and config.found_at == "image")
+    ):
         return list(dataset.classes[1:])
     return list(dataset.classes)
+
+
+def window_scores(
+    cos: torch.Tensor, foreground: torch.Tensor | None, config: OVSConfig
+) -> torch.Tensor:
+    """One window's class scores ``(1, C, h, w)`` at feature resolution, before any
+    upsampling: ``logit_scale * cos``, or with ``window_scores: probabilities`` the
+    release's ``softmax(logit_scale * cos)`` (MaskCLIP's ``cls_seg``). With FOUND per
+    window (``found_at: window``, the release) class 0 is the scored "background" and
+    its probability becomes 1 where :func:`found_background` holds."""
+    scores = config.logit_scale * cos
+    if config.window_scores == "logits":
+        return scores
+    scores = scores.softmax(1)
+    if foreground is not None and config.found_at == "window":
+        background = found_background(
+            scores[0], foreground[0], config.found_confidence, config.found_foreground
+        )
+        scores[0, 0][background] = 1.0
+    return scores
 
 
 @torch.no_grad()
@@ -166,47 +200,43 @@ def predict(
     methods = [m for m in METHODS if sae is not None or m == "clip_dinoiser"]
     n_classes = text.shape[0]
     found = config.background == "found"
+    found_on_image = found and config.found_at == "image"
 
-    def window_logits(crop: torch.Tensor) -> torch.Tensor:
+    def window_output(crop: torch.Tensor) -> torch.Tensor:
         batch_features, foreground = encoder.features_and_foreground(crop, found)
         features = batch_features[0]  # (N, d)
         grid = patch_grid(encoder.visual, crop.shape[-2], crop.shape[-1])
         embeddings = method_embeddings(features, sae)
-        logits = []
+        maps = []
         for method in methods:
             embedding = F.normalize(embeddings[method], dim=-1)
             cos = (embedding @ text.T).T.reshape(1, n_classes, *grid)
-            logits.append(
-                F.interpolate(
-                    config.logit_scale * cos,
-                    size=crop.shape[-2:],
-                    mode="bilinear",
-                    align_corners=False,
-                )
-            )
-        if foreground is not None:  # one more channel: the foreground score, slid alike
-            logits.append(
-                F.interpolate(
-                    foreground[:, None], size=crop.shape[-2:], mode="bilinear", align_corners=False
-                )
-            )
-        return torch.cat(logits, dim=1)
+            maps.append(window_scores(cos, foreground if found else None, config))
+        if found_on_image:  # one more channel: the foreground score, slid alike
+            maps.append(foreground[:, None])
+        upsampled = F.interpolate(
+            torch.cat(maps, dim=1), size=crop.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return upsampled
 
-    channels = len(methods) * n_classes + int(found)
-    logits = slide_inference(x, window_logits, channels, config.window, config.stride)
-    logits = F.interpolate(
-        logits, size=(image.height, image.width), mode="bilinear", align_corners=False
+    channels = len(methods) * n_classes + int(found_on_image)
+    scores = slide_inference(x, window_output, channels, config.window, config.stride)
+    scores = F.interpolate(
+        scores, size=(image.height, image.width), mode="bilinear", align_corners=False
     )
     out = {}
     for i, method in enumerate(methods):
-        scores = logits[0, i * n_classes : (i + 1) * n_classes]
-        prediction = scores.argmax(0)
+        method_scores = scores[0, i * n_classes : (i + 1) * n_classes]
+        prediction = method_scores.argmax(0)
+        probabilities = (
+            method_scores if config.window_scores == "probabilities" else method_scores.softmax(0)
+        )
         if config.background == "threshold":
-            probability = scores.softmax(0).max(0).values
+            probability = probabilities.max(0).values
             prediction = torch.where(probability < config.background_threshold, 0, prediction + 1)
-        elif found:
+        elif found_on_image:
             background = found_background(
-                scores.softmax(0), logits[0, -1], config.found_confidence, config.found_foreground
+                probabilities, scores[0, -1], config.found_confidence, config.found_foreground
             )
             prediction = torch.where(background, 0, prediction + 1)
         out[method] = prediction.cpu().numpy().astype(np.int64)
@@ -296,7 +326,7 @@ def evaluate_ovs(
     """Sec. 4.4: one benchmark, the three methods in one pass (:func:`evaluate`). With
     ``out_dir``: predicted label maps as PNG (``save_predictions``) and explanation
     figures of the first ``explain_images`` images (Fig. 7)."""
-    dataset = benchmark(name, settings.custom)
+    dataset = benchmark(name, settings.custom, settings.class_names)
     pairs = list_pairs(dataset, root)  # raises DatasetLayoutError naming the layout
     models = load_frozen(frozen, device)
     encoder, transform = models.encoder, models.transform

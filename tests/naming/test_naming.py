@@ -6,7 +6,7 @@ import torch
 
 from insight.core.io import write_parquet
 from insight.core.settings import section_settings
-from insight.models.prompts import TEMPLATES, template_embeddings
+from insight.models.prompts import RELEASE_TEMPLATES, template_embeddings
 from insight.models.text import EmbeddingCache, TextEncoder, encode_text_cut
 from insight.naming.names import concept_vectors, names_table, top_patch_weights
 from insight.naming.vocabulary import (
@@ -51,21 +51,26 @@ def test_cache_encodes_only_new_terms(tiny_clip, tmp_path):
     model, _, tokenizer = tiny_clip
     terms = [f"word{i}" for i in range(20)]
     encoder = TextEncoder(model, tokenizer, "tiny", cache=EmbeddingCache(tmp_path, "tiny"))
-    first = template_embeddings(terms, encoder.encode)
-    assert encoder.encoded == 20 * 30
+    first = template_embeddings(terms, encoder.encode, RELEASE_TEMPLATES)
+    # 27 distinct prompts per term: "{}" opens all three sets, "something that is {}" two
+    distinct = len({t for templates in RELEASE_TEMPLATES.values() for t in templates})
+    assert distinct == 27 and encoder.encoded == 20 * distinct
     # a new process: the cache is read from disk; 10 extra terms cost 10 terms' prompts
     encoder = TextEncoder(model, tokenizer, "tiny", cache=EmbeddingCache(tmp_path, "tiny"))
-    second = template_embeddings(terms + [f"extra{i}" for i in range(10)], encoder.encode)
-    assert encoder.encoded == 10 * 30
-    assert encoder.cache.hits == 20 * 30 and encoder.cache.misses == 10 * 30
-    for pos in TEMPLATES:
+    second = template_embeddings(
+        terms + [f"extra{i}" for i in range(10)], encoder.encode, RELEASE_TEMPLATES
+    )
+    assert encoder.encoded == 10 * distinct
+    # every other lookup (30 per term, one per template) is a hit
+    assert encoder.cache.misses == 10 * distinct and encoder.cache.hits == 30 * 30 - 10 * distinct
+    for pos in RELEASE_TEMPLATES:
         np.testing.assert_allclose(second[pos][:20], first[pos], atol=1e-6)
     # another model never reuses these entries
     other = TextEncoder(
         model, tokenizer, "another-model", cache=EmbeddingCache(tmp_path, "another-model")
     )
-    template_embeddings(terms[:2], other.encode)
-    assert other.encoded == 2 * 30
+    template_embeddings(terms[:2], other.encode, RELEASE_TEMPLATES)
+    assert other.encoded == 2 * distinct
 
 
 def test_cache_reads_only_the_rows_asked_for_across_parts_and_row_groups(tmp_path, monkeypatch):
@@ -92,12 +97,12 @@ def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():
             table.setdefault(p, rng.normal(size=4))
         return np.stack([table[p] for p in prompts])
 
-    out = template_embeddings(["cat"], encode)
-    for pos, templates in TEMPLATES.items():
+    out = template_embeddings(["cat"], encode, RELEASE_TEMPLATES)
+    for pos, templates in RELEASE_TEMPLATES.items():
         raw = np.stack([table[t.format("cat")] for t in templates])
         mean = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).mean(0)
         np.testing.assert_allclose(out[pos][0], mean / np.linalg.norm(mean), atol=1e-12)
-    assert all(len(t) == 10 for t in TEMPLATES.values()) and set(TEMPLATES) == {
+    assert all(len(t) == 10 for t in RELEASE_TEMPLATES.values()) and set(RELEASE_TEMPLATES) == {
         "noun",
         "verb",
         "adjective",

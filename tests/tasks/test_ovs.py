@@ -216,8 +216,9 @@ def test_short_side_per_benchmark_as_released_or_one_for_all():
     assert (config.short_side, config.background) == (512, "none")
 
 
+@pytest.mark.parametrize("found_at", ["window", "image"])
 @pytest.mark.parametrize("bias, expect_background", [(-10.0, True), (10.0, False)])
-def test_predict_with_found_uses_the_heads_foreground(models, bias, expect_background):
+def test_predict_with_found_uses_the_heads_foreground(models, bias, expect_background, found_at):
     from insight.models.dinoiser import ClipDINOiserHead
 
     encoder, transform, sae = models
@@ -226,10 +227,22 @@ def test_predict_with_found_uses_the_heads_foreground(models, bias, expect_backg
         head.bkg_decoder.weight.zero_()
         head.bkg_decoder.bias.fill_(bias)
     found_encoder = DenseEncoder(encoder.visual, head.eval())
-    text = torch.nn.functional.normalize(torch.randn(20, 64), dim=-1)  # classes 1..20
-    config = resolved_protocol(OVSConfig(logit_scale=1.0), DATASETS["voc"], True)
+    # per window "background" is scored as class 0; on the whole image it is not
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(21, 64), dim=-1)
+    text = text if found_at == "window" else text[1:]
+    config = OVSConfig(logit_scale=1.0, found_at=found_at)
+    config = resolved_protocol(config, DATASETS["voc"], True)
     assert config.background == "found"
     image = Image.new("RGB", (96, 64), (10, 200, 30))
     out = predict(image, found_encoder, transform, text, sae, DATASETS["voc"], config)
-    for prediction in out.values():  # at scale 1 no class is 99% sure
-        assert (prediction == 0).all() if expect_background else (prediction >= 1).all()
+    if found_at == "window":  # where the head says foreground, FOUND changes nothing
+        prompt = OVSConfig(logit_scale=1.0, background="prompt")
+        plain = predict(image, found_encoder, transform, text, sae, DATASETS["voc"], prompt)
+    for method, prediction in out.items():  # at scale 1 no class is 99% sure
+        if expect_background:
+            assert (prediction == 0).all()
+        elif found_at == "window":
+            np.testing.assert_array_equal(prediction, plain[method])
+        else:
+            assert (prediction >= 1).all()

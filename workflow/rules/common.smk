@@ -218,6 +218,12 @@ def user_embeddings(wildcards=None):
     return [path] if path else []
 
 
+def template_file(wildcards=None):
+    """The user's naming-template file, when `vocabulary.templates` names one."""
+    setting = config["vocabulary"]["templates"]
+    return [] if setting in ("release", "project") else [setting]
+
+
 def ovs_root_input(wildcards):
     """A benchmark's root as an input when it exists (or the workflow makes it), so a
     dataset added later makes its result stale; an absent one is reported as not run."""

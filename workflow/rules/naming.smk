@@ -26,6 +26,7 @@ rule embed_vocabulary:
         weights=backbone_weights,
         terms=RUN.terms,
         given=user_embeddings,
+        templates=template_file,
     output:
         embeddings=RUN.embeddings,
         index=RUN.vocabulary_index,
@@ -40,6 +41,7 @@ rule embed_vocabulary:
         settings=settings_of(
             "backbone",
             "vocabulary.embeddings",
+            "vocabulary.templates",
             "vocabulary.index",
             "vocabulary.precision",
         ),
