@@ -84,6 +84,7 @@ def tiny_config(root: Path) -> dict:
         d_sae=32, k=4, groups=[8, 24], k_aux=8, batch_size=256, epochs=2, shuffle_buffer=512
     )
     cfg["sae"].update(checkpoint_every=1000, calibration_fraction=0.0)  # 8 images: none to spare
+    cfg["sae"].update(threshold_start_step=0)  # a few steps: the EMA starts at once
     cfg["naming"].update(top_patches=5)
     cfg["classification"].update(epochs=2, explain_images=2, l1s=[0.0])
     cfg["captioning"].update(epochs=1, batch_size=4, max_new_tokens=6)

@@ -65,6 +65,7 @@ class DinoiserSettings:
     enabled: bool
     head: str
     checkpoint: str | None
+    checkpoint_backbone: str
     dataset: str | None
     images: int
     epochs: int
@@ -102,6 +103,7 @@ class SAESettings:
     aux_coefficient: float
     dead_after: int
     threshold_momentum: float
+    threshold_start_step: int
     aux_activation: str
     b_dec_init: str
     grad_clip: float | None
@@ -206,6 +208,7 @@ class ClassificationSettings:
     train_split: str
     test_split: str
     images_per_class: int | None
+    class_names: str
     batch_sizes: tuple[int, ...]
     lrs: tuple[float, ...]
     l1s: tuple[float, ...]
@@ -214,6 +217,7 @@ class ClassificationSettings:
     bias: bool
     epochs: int
     holdout_fraction: float
+    refit: bool
     explain_images: int
 
 

@@ -99,6 +99,23 @@ def published_head_missing(path: str | Path) -> str:
     )
 
 
+def clip_identity(model: str, pretrained: str | None, checkpoint: str | None) -> str:
+    """``MODEL/PRETRAINED`` (``ViT-B-16/laion2b_s34b_b88k``), or ``MODEL/FILE`` for local
+    weights without a tag: what a DINOiser head records as the CLIP it was trained on."""
+    source = pretrained or (Path(checkpoint).name if checkpoint else "random")
+    return f"{model}/{source}"
+
+
+def head_backbone_mismatch(head: str | Path, trained_on: str, backbone: str) -> str:
+    """The one-line message for a DINOiser head used with another CLIP than its own."""
+    return (
+        f"the DINOiser head {head} was trained on {trained_on} but the backbone is {backbone}: "
+        "use the head trained for this CLIP (the release ships checkpoints_openai/last.pt for "
+        "ViT-B-16/openai) and say so with dinoiser.checkpoint_backbone, or train one here "
+        "(dinoiser.checkpoint: null)"
+    )
+
+
 def check_cross_keys(settings: Settings) -> None:
     """Settings that are valid alone but not together, as a one-line :class:`ConfigError`."""
     dinoiser = settings.dinoiser
@@ -107,6 +124,13 @@ def check_cross_keys(settings: Settings) -> None:
             f"dinoiser.checkpoint {dinoiser.checkpoint} is CLIP-DINOiser's published head: "
             "set dinoiser.head: published, or dinoiser.checkpoint: null to train the paper's head"
         )
+    if dinoiser.checkpoint and dinoiser.enabled:
+        clip = settings.backbone
+        backbone = clip_identity(clip.model, clip.pretrained, clip.checkpoint)
+        if dinoiser.checkpoint_backbone != backbone:
+            raise ConfigError(
+                head_backbone_mismatch(dinoiser.checkpoint, dinoiser.checkpoint_backbone, backbone)
+            )
     if settings.naming.method == "imported" and not settings.sae.checkpoint:
         raise ConfigError(
             "naming.method: imported reads the names shipped with sae.checkpoint, which is not set"

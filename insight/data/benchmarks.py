@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,17 +37,65 @@ def karpathy_split(split_file: str | Path, images_root: str | Path, split: str, 
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+WORDNET_ID = re.compile(r"^n\d{8}$")
+SCENE_QUALIFIERS = {
+    "indoor",
+    "outdoor",
+    "interior",
+    "exterior",
+    "inside",
+    "outside",
+    "public",
+    "home",
+}
+
+
+def imagenet_class_names(wordnet_ids: Sequence[str]) -> list[str]:
+    """The CLIP class names (open_clip's ``IMAGENET_CLASSNAMES``, the ones the zero-shot
+    numbers of CLIP were made with) of ImageNet-1k WordNet ids, through timm's synset
+    order (index i of one is index i of the other)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    index = {info.index_to_label_name(i): i for i in range(info.num_classes())}
+    unknown = [w for w in wordnet_ids if w not in index]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} WordNet ids are not ImageNet-1k classes, e.g. {unknown[0]}; "
+            "set classification.class_names: folder to keep the folder names"
+        )
+    return [IMAGENET_CLASSNAMES[index[w]] for w in wordnet_ids]
+
+
+def readable_folder_name(folder: str) -> str:
+    """A class folder as words: ``golden_retriever`` -> ``golden retriever``; Places365's
+    ``church-outdoor`` or ``church/outdoor`` -> ``outdoor church``."""
+    parts = [p.replace("_", " ").strip() for p in re.split(r"[-/]", folder) if p.strip()]
+    if len(parts) > 1 and parts[-1] in SCENE_QUALIFIERS:
+        parts = [parts[-1], *parts[:-1]]
+    return " ".join(parts)
+
+
+def class_names(folders: Sequence[str], setting: str = "clip") -> list[str]:
+    """Label names of class folders: with ``clip``, WordNet ids become CLIP's ImageNet
+    names and other folders :func:`readable_folder_name`; with ``folder``, the names as
+    they are."""
+    if setting == "folder":
+        return list(folders)
+    if setting != "clip":
+        raise ValueError(f"classification.class_names must be clip or folder, not {setting!r}")
+    if folders and all(WORDNET_ID.match(f) for f in folders):
+        return imagenet_class_names(folders)
+    return [readable_folder_name(f) for f in folders]
 
 
 def imagefolder(
-    root, split: str, images_per_class: int | None = None
+    root, split: str, images_per_class: int | None = None, names: str = "clip"
 ) -> tuple[list[tuple[str, int]], list[str]]:
     """``ROOT/{split}/{class}/*`` (ImageNet, Places365 standard): ``(path, class index)``
-    pairs, at most ``images_per_class`` per class, and the sorted class names."""
-    from pathlib import Path
-
-    from insight.data.images import DatasetLayoutError
-
+    pairs, at most ``images_per_class`` per class, and the class names of the sorted
+    folders (:func:`class_names`)."""
     folder = Path(root) / split
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if not classes:
@@ -56,7 +106,7 @@ def imagefolder(
     for index, name in enumerate(classes):
         images = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         pairs += [(str(p), index) for p in images[:images_per_class]]
-    return pairs, [name.replace("_", " ") for name in classes]
+    return pairs, class_names(classes, names)
 
 
 VOC_CLASSES = (

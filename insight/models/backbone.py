@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from insight.core.sections import BackboneSettings
-from insight.core.settings import from_settings
+from insight.core.settings import clip_identity, from_settings
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
@@ -229,6 +229,11 @@ def image_size(visual: nn.Module) -> tuple[int, int]:
 
 def embedding_dim(visual: nn.Module) -> int:
     return int(visual.output_dim)
+
+
+def backbone_identity(spec: BackboneSpec) -> str:
+    """The CLIP a DINOiser head records (:func:`insight.core.settings.clip_identity`)."""
+    return clip_identity(spec.model, spec.pretrained, spec.checkpoint)
 
 
 def backbone_spec(settings: BackboneSettings) -> BackboneSpec:

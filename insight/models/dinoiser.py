@@ -166,9 +166,12 @@ def save_published_head(head: ClipDINOiserHead, path: str | Path, epoch: int = 0
     torch.save({"epoch": epoch, "model_state_dict": state}, path)
 
 
-def save_dinoiser(model: AnyDINOiser, path: str | Path) -> None:
-    """Either head as safetensors, its kind and shape in the metadata."""
+def save_dinoiser(model: AnyDINOiser, path: str | Path, backbone: str | None = None) -> None:
+    """Either head as safetensors, its kind, shape and the CLIP it was trained on
+    (``backbone``, :func:`insight.models.backbone.backbone_identity`) in the metadata."""
     metadata = {"head": model.head, "d_out": str(model.d_out)}
+    if backbone:
+        metadata["backbone"] = backbone
     if isinstance(model, ClipDINOiserHead):
         metadata |= {
             "width": str(model.width),
@@ -178,6 +181,14 @@ def save_dinoiser(model: AnyDINOiser, path: str | Path) -> None:
     else:
         metadata["d_in"] = str(model.d_in)
     save_safetensors(dict(model.state_dict()), path, metadata=metadata)
+
+
+def recorded_backbone(path: str | Path) -> str | None:
+    """The CLIP a head file says it was trained on (None: a released ``.pt``, which records
+    none, or an older file)."""
+    if Path(path).suffix in (".pt", ".pth"):
+        return None
+    return load_safetensors(path)[1].get("backbone")
 
 
 def load_dinoiser(path: str | Path) -> AnyDINOiser:

@@ -12,14 +12,16 @@ from PIL import Image
 
 from insight.core.runtime import effective_precision
 from insight.core.sections import Settings
+from insight.core.settings import head_backbone_mismatch
 from insight.data.batches import BatchTransform
 from insight.models.backbone import (
     BackboneSpec,
+    backbone_identity,
     backbone_spec,
     load_clip,
 )
 from insight.models.dense import DenseEncoder
-from insight.models.dinoiser import load_dinoiser
+from insight.models.dinoiser import load_dinoiser, recorded_backbone
 
 
 @dataclasses.dataclass
@@ -63,8 +65,18 @@ def model_bundle(
     )
 
 
+def check_head_backbone(head: str | Path, backbone: BackboneSpec) -> None:
+    """A head file that records another CLIP than ``backbone`` is a one-line error naming
+    both (a released ``.pt`` records none: ``dinoiser.checkpoint_backbone`` says it)."""
+    recorded = recorded_backbone(head)
+    if recorded and recorded != backbone_identity(backbone):
+        raise ValueError(head_backbone_mismatch(head, recorded, backbone_identity(backbone)))
+
+
 def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:
     """Load CLIP and the DINOiser once; the visual weights are cast to ``frozen.precision``."""
+    if frozen.dinoiser_path:
+        check_head_backbone(frozen.dinoiser_path, frozen.backbone)
     model, preprocess, tokenizer = load_clip(frozen.backbone, device)
     dinoiser = load_dinoiser(frozen.dinoiser_path).to(device) if frozen.dinoiser_path else None
     precision = effective_precision(frozen.precision, torch.device(device))

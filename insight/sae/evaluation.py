@@ -27,6 +27,13 @@ def set_inference_threshold(
         raise ValueError(f"no rows in the {data.split} split to calibrate the threshold on")
     sae.eval()
     thresholds = {mode: calibrated_threshold(sae, batches, mode) for mode in THRESHOLD_MODES}
+    if float(thresholds["ema"].min()) < 0:  # the EMA never started: no value to report
+        if settings.inference_threshold == "ema":
+            raise ValueError(
+                "sae.inference_threshold: ema, but the EMA was never updated: training ended "
+                f"before step sae.threshold_start_step = {settings.threshold_start_step}"
+            )
+        del thresholds["ema"]
     l0 = {mode: mean_l0(sae, batches, value) for mode, value in thresholds.items()}
     sae.set_threshold(thresholds[settings.inference_threshold])
     return thresholds, l0

@@ -63,7 +63,8 @@ class SAEConfig:
     k_aux: int = 256
     aux_coefficient: float = 1 / 32
     dead_after: int = 10_000_000
-    threshold_momentum: float = 0.01
+    threshold_momentum: float = 0.001  # the release: beta 0.999
+    threshold_start_step: int = 1000  # the release: the EMA starts after step 1000
     aux_activation: str = "relu"  # or "linear": see _aux_loss
 
     def __post_init__(self) -> None:
@@ -286,8 +287,13 @@ class MatryoshkaBatchTopKSAE(nn.Module):
         return (residual - aux_hat).pow(2).sum() / denominator
 
     @torch.no_grad()
-    def update_statistics(self, cols: torch.Tensor, acts: torch.Tensor, batch: int) -> None:
-        """Dead-latent counters and the EMA of the smallest kept activation (theta)."""
+    def update_statistics(
+        self, cols: torch.Tensor, acts: torch.Tensor, batch: int, step: int | None = None
+    ) -> None:
+        """Dead-latent counters and, after ``threshold_start_step`` (from step 0 when ``step``
+        is not given), the EMA of the smallest kept activation (theta): its first update sets
+        theta, later ones move it by ``threshold_momentum`` (dictionary_learning's
+        ``threshold_beta = 1 - momentum``)."""
         fired = (
             torch.zeros(self.config.d_sae, device=cols.device).index_add_(
                 0, cols, (acts > 0).float()
@@ -295,6 +301,8 @@ class MatryoshkaBatchTopKSAE(nn.Module):
             > 0
         )
         self.samples_since_fired.add_(batch).masked_fill_(fired, 0)
+        if step is not None and step <= self.config.threshold_start_step:
+            return
         smallest = torch.where(acts > 0, acts, torch.inf).min()
         updated = torch.where(
             self.threshold < 0,

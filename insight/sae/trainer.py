@@ -105,7 +105,7 @@ class SAETrainer:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.sae.normalise_decoder()
-        self.sae.update_statistics(out["cols"], out["acts"], batch.shape[0])
+        self.sae.update_statistics(out["cols"], out["acts"], batch.shape[0], self.global_step)
         with torch.no_grad():
             variance = (batch - batch.mean(0)).pow(2).sum()
             residual = (batch - out["x_hat"]).pow(2).sum()

@@ -40,6 +40,7 @@ def sae_config(settings: SAESettings, d_in: int) -> SAEConfig:
         aux_coefficient=settings.aux_coefficient,
         dead_after=settings.dead_after,
         threshold_momentum=settings.threshold_momentum,
+        threshold_start_step=settings.threshold_start_step,
         aux_activation=settings.aux_activation,
     )
 

@@ -26,6 +26,8 @@ from insight.sae.model import MatryoshkaBatchTopKSAE
 
 log = logging.getLogger(__name__)
 
+PROBE_METHODS = ("insight", "insight_thresholded", "insight_dense")
+
 
 def classification_vectors(
     pairs: Sequence[tuple[str, int]],
@@ -36,8 +38,10 @@ def classification_vectors(
 ) -> pa.Table:
     """Image-level vectors for the probes (cached once, not recomputed per epoch):
     ``insight`` = [max ; mean] of the image's BatchTopK codes (BatchTopK over its own
-    patches), ``insight_thresholded`` = the same of the thresholded codes, ``clip`` = the
-    CLIP image embedding (the linear-probe and zero-shot baselines)."""
+    patches), ``insight_thresholded`` = the same of the thresholded codes, ``insight_dense``
+    = the same of the dense ReLU pre-activations (the release's ``use_threshold=False``
+    probe features: no sparsity at all), ``clip`` = the CLIP image embedding (the
+    linear-probe and zero-shot baselines)."""
     from insight.tasks.probe import pool_concepts
 
     model, encoder, transform = models.model, models.encoder, models.transform
@@ -48,6 +52,7 @@ def classification_vectors(
         "label": [],
         "insight": [],
         "insight_thresholded": [],
+        "insight_dense": [],
         "clip": [],
     }
     bar = progress(len(refs), "classification vectors", "img")
@@ -70,6 +75,8 @@ def classification_vectors(
                     rows["insight_thresholded"].append(
                         pool_concepts(sae.encode(patches)).cpu().numpy()
                     )
+                    dense = torch.relu(sae.pre_activations(patches))
+                    rows["insight_dense"].append(pool_concepts(dense).cpu().numpy())
                     rows["clip"].append(embedding.float().cpu().numpy())
             bar.update(len(good) + len(bad))
     bar.close()
@@ -77,7 +84,7 @@ def classification_vectors(
         "image_id": pa.array(rows["image_id"], pa.string()),
         "label": pa.array(rows["label"], pa.int32()),
     }
-    for name in ("insight", "insight_thresholded", "clip"):
+    for name in (*PROBE_METHODS, "clip"):
         matrix = np.stack(rows[name]).astype(np.float32)
         columns[name] = pa.FixedSizeListArray.from_arrays(
             pa.array(matrix.reshape(-1)), matrix.shape[1]
@@ -102,8 +109,9 @@ def classification_results(
     and explanations of the first test images by the INSIGHT probe.
 
     ``settings.pooling`` picks [max ; mean] (App. B.5) or max alone (the release) from the
-    cached vectors; ``settings.l1_scale`` and ``settings.bias`` go to the probe."""
-    from insight.tasks.probe import accuracy, explain, select_pooling, sweep
+    cached vectors; ``settings.l1_scale`` and ``settings.bias`` go to the probe; with
+    ``settings.refit`` (the release) the chosen probe is retrained on train + validation."""
+    from insight.tasks.probe import accuracy, explain, refit, select_pooling, sweep
 
     def matrix(table: pa.Table, column: str) -> torch.Tensor:
         vectors = torch.from_numpy(
@@ -117,7 +125,7 @@ def classification_results(
     y_test = torch.from_numpy(test["label"].to_numpy().astype(np.int64))
     n_classes = len(class_names)
     rows, probes = [], {}
-    for method in ("insight", "insight_thresholded", "clip"):
+    for method in (*PROBE_METHODS, "clip"):
         probe, trials = sweep(
             matrix(train, method),
             y_train,
@@ -130,6 +138,8 @@ def classification_results(
             l1_scale=settings.l1_scale,
             use_bias=settings.bias,
         )
+        if settings.refit:
+            probe = refit(probe, matrix(train, method), y_train, n_classes)
         logits = probe.logits(matrix(test, method))
         probes[method] = probe
         rows.append(

@@ -71,8 +71,8 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
 def train_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
+    x_val: torch.Tensor | None,
+    y_val: torch.Tensor | None,
     n_classes: int,
     lr: float = 1e-4,
     batch_size: int = 1024,
@@ -82,7 +82,8 @@ def train_probe(
     l1_scale: str = "mean",
     use_bias: bool = True,
 ) -> Probe:
-    """Eq. B.16 with AdamW and a proximal L1 step; returns the best held-out checkpoint."""
+    """Eq. B.16 with AdamW and a proximal L1 step; returns the best held-out checkpoint, or
+    without held-out data (``x_val=None``) the last epoch's."""
     if l1_scale not in L1_SCALES:
         raise ValueError(f"l1_scale must be one of {L1_SCALES}, not {l1_scale!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -103,8 +104,8 @@ def train_probe(
             if strength > 0:
                 adam_proximal_l1(weight, optimizer, lr * strength)
         with torch.no_grad():
-            val = accuracy(x_val @ weight.T + bias, y_val)
-        if best is None or val > best.val_accuracy:
+            val = float("nan") if x_val is None else accuracy(x_val @ weight.T + bias, y_val)
+        if best is None or x_val is None or val > best.val_accuracy:
             settings = {
                 "lr": lr,
                 "batch_size": batch_size,
@@ -182,6 +183,19 @@ def sweep(
             best = probe
     assert best is not None
     return best, trials
+
+
+def refit(probe: Probe, x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int = 0) -> Probe:
+    """The chosen probe's settings retrained on all of ``x`` (train + validation, as the
+    release does) for the epochs it needed (its best epoch + 1), keeping the last epoch;
+    its ``val_accuracy`` stays the sweep's."""
+    s = probe.settings
+    refitted = train_probe(
+        x, y, None, None, n_classes, s["lr"], s["batch_size"], s["l1"], probe.epoch + 1,
+        seed, s["l1_scale"], s["bias"],
+    )  # fmt: skip
+    settings = {**s, "refit_epochs": probe.epoch + 1}
+    return Probe(refitted.weight, refitted.bias, probe.val_accuracy, probe.epoch, settings)
 
 
 def explain(probe: Probe, x: torch.Tensor, top: int = 5) -> dict:

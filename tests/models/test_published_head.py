@@ -135,7 +135,10 @@ def test_with_the_released_checkpoint_the_workflow_does_not_train_a_dinoiser(tmp
     (tmp_path / "work").mkdir()
     work = copy_checkout(tmp_path / "work")
     released_checkpoint(work / "last.pt")
-    settings = {"dinoiser": {"head": "published", "checkpoint": "last.pt"}}
+    demo_clip = "insight-tiny-ViT-B-16/insight-tiny-ViT-B-16.safetensors"
+    settings = {
+        "dinoiser": {"head": "published", "checkpoint": "last.pt", "checkpoint_backbone": demo_clip}
+    }
     (work / "published.yaml").write_text(yaml.safe_dump(settings))
     demo = ["--configfile", "config/demo.yaml"]
     with_head = snakemake(work, "-n", *demo, "published.yaml")
@@ -152,3 +155,39 @@ def test_with_the_released_checkpoint_the_workflow_does_not_train_a_dinoiser(tmp
     (work / "published.yaml").write_text(yaml.safe_dump(settings))
     wrong = snakemake(work, "-n", *demo, "published.yaml", check=False)
     assert "is CLIP-DINOiser's published head: set dinoiser.head: published" in wrong.stdout
+    # the default record (the LAION head) against the demo's CLIP: one line naming both
+    released_checkpoint(work / "last.pt")
+    settings["dinoiser"] = {"head": "published", "checkpoint": "last.pt"}
+    (work / "published.yaml").write_text(yaml.safe_dump(settings))
+    mismatch = snakemake(work, "-n", *demo, "published.yaml", check=False)
+    assert mismatch.returncode != 0
+    assert (
+        "the DINOiser head last.pt was trained on ViT-B-16/laion2b_s34b_b88k but the backbone "
+        f"is {demo_clip}"
+    ) in mismatch.stdout + mismatch.stderr
+
+
+def test_a_head_is_refused_for_a_clip_it_was_not_trained_on(tmp_path):
+    """The release ships one head per CLIP: ``pretrained: openai`` with the LAION head (the
+    default record of a released ``last.pt``) fails at settings time; a head trained here
+    records its CLIP and fails at load time under another."""
+    from insight.core.settings import ConfigError, settings_from_config, validate_config
+    from insight.models.backbone import BackboneSpec
+    from insight.models.frozen import check_head_backbone
+
+    config = validate_config(
+        {"backbone": {"pretrained": "openai"}, "dinoiser": {"checkpoint": "last.pt"}}
+    )
+    with pytest.raises(
+        ConfigError,
+        match="trained on ViT-B-16/laion2b_s34b_b88k but the backbone is ViT-B-16/openai",
+    ):
+        settings_from_config(config)
+    config["dinoiser"]["checkpoint_backbone"] = "ViT-B-16/openai"  # checkpoints_openai/last.pt
+    assert settings_from_config(config).dinoiser.checkpoint_backbone == "ViT-B-16/openai"
+
+    head = ClipDINOiserHead(48, 16)
+    save_dinoiser(head, tmp_path / "head.safetensors", backbone="ViT-B-16/laion2b_s34b_b88k")
+    check_head_backbone(tmp_path / "head.safetensors", BackboneSpec("ViT-B-16"))
+    with pytest.raises(ValueError, match="but the backbone is ViT-B-16/openai"):
+        check_head_backbone(tmp_path / "head.safetensors", BackboneSpec("ViT-B-16", "openai"))

@@ -95,8 +95,22 @@ def test_dead_counter_and_threshold_ema():
     assert float(sae.threshold) == pytest.approx(0.2)
     assert sae.samples_since_fired[1] == 0 and sae.samples_since_fired[3] == 10
     sae.update_statistics(torch.tensor([3]), torch.tensor([1.2]), batch=10)
-    assert float(sae.threshold) == pytest.approx(0.2 + 0.01 * (1.2 - 0.2))
+    # the release's beta 0.999: theta moves by 0.001 of the gap
+    assert float(sae.threshold) == pytest.approx(0.2 + 0.001 * (1.2 - 0.2))
     assert sae.samples_since_fired[1] == 10 and sae.samples_since_fired[3] == 0
+
+
+def test_the_ema_threshold_starts_after_step_1000_as_released():
+    """dictionary_learning: ``if step > threshold_start_step: update_threshold``; the
+    first update sets theta, the next ones move it by 1 - beta."""
+    sae = MatryoshkaBatchTopKSAE(SMALL)
+    assert (sae.config.threshold_momentum, sae.config.threshold_start_step) == (0.001, 1000)
+    for step in (0, 500, 1000):
+        sae.update_statistics(torch.tensor([1]), torch.tensor([0.7]), batch=4, step=step)
+    assert float(sae.threshold) == -1.0 and sae.samples_since_fired[1] == 0  # counters run
+    sae.update_statistics(torch.tensor([1]), torch.tensor([0.7]), batch=4, step=1001)
+    sae.update_statistics(torch.tensor([2]), torch.tensor([0.2]), batch=4, step=1002)
+    assert float(sae.threshold) == pytest.approx(0.7 + 0.001 * (0.2 - 0.7))
 
 
 def test_held_out_split_is_by_image():
@@ -133,7 +147,10 @@ def planted(tmp_path_factory):
 
 
 def _trainer(paths, tmp_path=None, steps=None, epochs=8, checkpoint_every=1000):
-    config = SAEConfig(d_in=32, d_sae=96, k=3, group_sizes=(8, 24, 64), dead_after=20_000, k_aux=16)
+    config = SAEConfig(
+        d_in=32, d_sae=96, k=3, group_sizes=(8, 24, 64), dead_after=20_000, k_aux=16,
+        threshold_momentum=0.01, threshold_start_step=0,  # ~700 steps: the EMA from the start
+    )  # fmt: skip
     sae = MatryoshkaBatchTopKSAE(config, seed=0)
     data = FeatureBatches(paths, batch_size=256, shuffle_buffer=2048, seed=0)
     train = TrainConfig(

@@ -58,3 +58,23 @@ def test_encode_concept_shard_writes_the_thresholded_codes(tiny_run):
         assert r["activation"] == pytest.approx(
             codes[position[(r["image_id"], r["patch"])], r["concept"]], rel=1e-5
         )
+
+
+def test_an_ema_that_never_started_is_left_out_or_refused_by_name(tiny_run, tmp_path):
+    """With the release's start (step 1000) a short run has no EMA threshold: the report
+    leaves it out, and asking to encode with it fails with a one-line reason."""
+    import dataclasses
+
+    from insight.sae.training import train_sae_from_shards
+
+    shard = tiny_run.results / "features/demo/shard-00000.parquet"
+    late = dataclasses.replace(tiny_run.cfg.sae, threshold_start_step=10**6)
+    _, report = train_sae_from_shards([shard], late, torch.device("cpu"), tmp_path)
+    assert set(report["metrics"]["heldout_l0_by_threshold"]) == {"global", "per_concept"}
+    with pytest.raises(ValueError, match="the EMA was never updated"):
+        train_sae_from_shards(
+            [shard],
+            dataclasses.replace(late, inference_threshold="ema"),
+            torch.device("cpu"),
+            tmp_path,
+        )

@@ -114,3 +114,30 @@ def test_explanation_shares_sum_to_the_logit():
     total = sum(result["contributions"]) + result["bias"]
     assert abs(total - result["logit"]) < 1e-4
     assert abs(sum(result["shares"]) + result["bias"] / result["logit"] - 1.0) < 1e-4
+
+
+def test_refit_retrains_the_chosen_setting_on_train_and_validation_for_its_epochs():
+    """The release's last step, against a plain AdamW loop written out here (no L1)."""
+    from insight.tasks.probe import refit
+
+    x, y = concept_data(n=300)
+    probe, _ = sweep(x, y, 4, batch_sizes=[32], lrs=[0.05], l1s=[0.0], epochs=6)
+    refitted = refit(probe, x, y, 4)
+    epochs = probe.epoch + 1
+    assert refitted.settings["refit_epochs"] == epochs
+    assert refitted.val_accuracy == probe.val_accuracy  # the sweep's choice, kept on record
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.zeros(4, x.shape[1], requires_grad=True)
+    bias = torch.zeros(4, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight, bias], lr=0.05, weight_decay=0.0)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 32):
+            idx = order[start : start + 32]
+            loss = torch.nn.functional.cross_entropy(x[idx] @ weight.T + bias, y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    torch.testing.assert_close(refitted.weight, weight.detach())
+    torch.testing.assert_close(refitted.bias, bias.detach())
+    assert not torch.equal(refitted.weight, probe.weight)  # it saw the held-out rows too

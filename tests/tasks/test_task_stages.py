@@ -81,6 +81,11 @@ def test_classification_vectors_results_and_heatmaps(tiny_run, loaded, tmp_path)
     first = np.array(train["insight"][0].as_py())
     assert first.shape == (2 * 32,)  # [max ; mean] of the BatchTopK codes
     assert np.all(first[:32] >= first[32:] - 1e-6)  # max >= mean per concept
+    # the release's dense features: ReLU pre-activations, at least the thresholded codes
+    dense = np.array(train["insight_dense"][0].as_py())
+    sparse = np.array(train["insight_thresholded"][0].as_py())
+    assert np.all(dense[:32] >= sparse[:32] - 1e-6)
+    assert (dense[:32] > 0).sum() > (sparse[:32] > 0).sum()
     rows, explanations = classification_results(
         "objects",
         train,
@@ -94,7 +99,13 @@ def test_classification_vectors_results_and_heatmaps(tiny_run, loaded, tmp_path)
         tiny_run.results / "naming/names.parquet",
     )
     methods = [r["method"] for r in rows]
-    assert methods == ["insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"]
+    assert methods == [
+        "insight",
+        "insight_thresholded",
+        "insight_dense",
+        "linear_probe_clip",
+        "zero_shot_clip",
+    ]
     assert all(0 <= r["top1"] <= r["top5"] <= 1 for r in rows)
     assert len(explanations) == 2
     classification_heatmaps(explanations, models, sae, CPU, tmp_path)

@@ -491,7 +491,13 @@ def test_demo_classification_table(demo_run):
     with open(demo_run / "results/classification_table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     objects = {r["method"]: r for r in rows if r["dataset"] == "objects"}
-    assert set(objects) == {"insight", "insight_thresholded", "linear_probe_clip", "zero_shot_clip"}
+    assert set(objects) == {
+        "insight",
+        "insight_thresholded",
+        "insight_dense",
+        "linear_probe_clip",
+        "zero_shot_clip",
+    }
     assert all(0 <= float(r["top1"]) <= 1 for r in objects.values())
     result = json.loads((demo_run / "results/classification/objects.json").read_text())
     for explanation in result["explanations"].values():

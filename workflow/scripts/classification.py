@@ -28,8 +28,16 @@ root = probes.datasets[name]
 frozen = model_bundle(settings, snakemake.input.dinoiser)
 device = resolve_device(settings.device)
 try:
-    train_pairs, classes = imagefolder(root, probes.train_split, probes.images_per_class)
-    test_pairs, _ = imagefolder(root, probes.test_split, probes.images_per_class)
+    train_pairs, classes = imagefolder(
+        root, probes.train_split, probes.images_per_class, probes.class_names
+    )
+    test_pairs, test_classes = imagefolder(
+        root, probes.test_split, probes.images_per_class, probes.class_names
+    )
+    if test_classes != classes:
+        raise DatasetLayoutError(
+            f"{name}: the {probes.test_split} split's class folders differ from {probes.train_split}'s"
+        )
 except (DatasetLayoutError, FileNotFoundError) as err:
     log.warning("%s not run: %s", name, err)
     for path in (snakemake.output.train, snakemake.output.test):
