@@ -164,6 +164,7 @@ class NamingSettings:
     method: str
     alpha: float
     top_patches: int
+    patch_divisor: str
     runner_up: int
 
 

@@ -50,12 +50,23 @@ NAME_SCHEMA = pa.schema(
 NAMING_METHODS = ("hierarchy", "decoder", "release", "imported")
 
 
+PATCH_DIVISORS = ("top", "active")
+
+
 def top_patch_weights(
-    concept_paths: Sequence[str | Path], families: pa.Table | None, top: int = 30
+    concept_paths: Sequence[str | Path],
+    families: pa.Table | None,
+    top: int = 30,
+    divide_by: str = "top",
 ) -> pa.Table:
     """``w_ia`` for every concept i and every a in {i} and the parents of i (every a that
     fires in those patches when ``families`` is None): the mean activation of a over the
-    ``top`` most activating patches of i (DuckDB, out of core)."""
+    ``top`` most activating patches of i (DuckDB, out of core). A concept that fires on
+    fewer than ``top`` patches: ``divide_by="top"`` divides by ``top`` all the same (the
+    release's top-30 includes zeros), ``"active"`` by the patches it fires on."""
+    if divide_by not in PATCH_DIVISORS:
+        raise ValueError(f"naming.patch_divisor must be one of {PATCH_DIVISORS}, not {divide_by!r}")
+    divisor = "$top" if divide_by == "top" else "any_value(c.n)"
     import duckdb
 
     con = duckdb.connect()
@@ -76,7 +87,7 @@ def top_patch_weights(
             qualify row_number() over (partition by concept order by activation desc, image_id, patch) <= $top
         ),
         counts as (select concept, count(*) as n from top_patches group by concept){wanted}
-        select t.concept, a.concept as other, sum(a.activation) / any_value(c.n) as weight
+        select t.concept, a.concept as other, sum(a.activation) / {divisor} as weight
         from top_patches t
         join acts a using (image_id, patch)
         {join_wanted}
@@ -113,7 +124,7 @@ def release_concept_vectors(
     )
     family = family - sparse.diags(family.diagonal()) + sparse.identity(m, format="csr")
     norms = np.sqrt(np.asarray(t.multiply(t).sum(axis=1)).ravel())
-    target = alpha * norms[norms > 0].mean() if (norms > 0).any() else 0.0
+    target = alpha * norms.mean()  # over all m concepts, as released (dead ones count 0)
     w = sparse.csr_matrix(family.multiply(t))
     w_norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
     scale = np.divide(target, w_norms, out=np.zeros(m), where=w_norms > 0)
@@ -250,7 +261,9 @@ def name_concepts(
     weights = None
     if method in ("hierarchy", "release"):
         wanted = families if method == "hierarchy" else None
-        weights = top_patch_weights(concept_paths, wanted, settings.top_patches)
+        weights = top_patch_weights(
+            concept_paths, wanted, settings.top_patches, settings.patch_divisor
+        )
     cooccurrence = pq.read_table(cooccurrence_path) if method == "release" else None
     vectors = concept_vectors(
         w_dec, b_dec, method, weights, families, settings.alpha, cooccurrence, threshold

@@ -287,6 +287,16 @@ def test_top_patch_weights_by_hand(tmp_path):
     }
     assert pairs[(5, 9)] == pytest.approx((0.0 + 4.0) / 2)  # the release reads every concept
     assert {k: v for k, v in pairs.items() if k in got} == pytest.approx(got)
+    # concept 9 fires on one patch: the release divides by top all the same
+    assert pairs[(9, 9)] == pytest.approx(4.0 / 2)
+    active = top_patch_weights([tmp_path / "shard-00000.parquet"], None, 2, "active")
+    by_pair = dict(
+        zip(
+            zip(active["concept"].to_pylist(), active["other"].to_pylist()),
+            active["weight"].to_pylist(),
+        )
+    )
+    assert by_pair[(9, 9)] == pytest.approx(4.0) and by_pair[(5, 5)] == pytest.approx(2.5)
 
 
 def test_release_naming_vector_by_hand_on_three_concepts():
@@ -321,6 +331,13 @@ def test_release_naming_vector_by_hand_on_three_concepts():
     # row 0 by hand: w0 = (2, 0.8, 0) / sqrt(4.64) * target -> (2, 0.8) direction
     scale = target / np.sqrt(4.64)
     np.testing.assert_allclose(vectors[0], [2 * scale + 0.5, 0.8 * scale], rtol=1e-6)
+    # a fourth, dead concept (no top patches) counts in the mean norm, as released
+    dead = concept_vectors(
+        np.vstack([w_dec, [[2.0, 2.0]]]), b_dec, "release", weights, None, 1.33, cooccurrence
+    )
+    scale_dead = 1.33 * norm_t.sum() / 4 / np.sqrt(4.64)
+    np.testing.assert_allclose(dead[0], [2 * scale_dead + 0.5, 0.8 * scale_dead], rtol=1e-6)
+    np.testing.assert_allclose(dead[3], b_dec)  # no weights: the bias alone
 
 
 def test_user_embeddings_are_normalised(tmp_path):
