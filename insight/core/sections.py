@@ -189,6 +189,7 @@ class OVSSettings:
     max_images: int | None
     save_predictions: bool
     explain_images: int
+    explanation: str
 
 
 @dataclass(frozen=True)

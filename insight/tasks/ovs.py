@@ -358,8 +358,9 @@ def evaluate_ovs(
         for image_id, image_path, _ in pairs[: settings.explain_images]:
             with Image.open(image_path) as image:
                 explanation = explain_image(
-                    image, encoder, transform, text, sae, classes, config.short_side, device=device
-                )
+                    image, encoder, transform, text, sae, classes, config.short_side,
+                    device=device, reading=settings.explanation,
+                )  # fmt: skip
                 explanation_figure(image, explanation, names, out / "explain" / f"{image_id}.png")
             explanations[image_id] = {k: v for k, v in explanation.items() if k != "segmentation"}
         write_json(explanations, out / "explain" / "explanations.json")

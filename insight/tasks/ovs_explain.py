@@ -1,8 +1,14 @@
 """Concept explanations of open-vocabulary segments (Sec. 4.4, Fig. 7).
 
-The contribution of concept c to label t over a segment S (the patches predicted t) is
-``sum_{p in S} z_c(p) * cos(W_dec[c], text(t)) / |S|``: the concept's mean activation on
-the segment times how much its decoder direction points at the label's text embedding.
+Two readings of the contribution of concept c to label t over a segment S (the patches
+predicted t), selected by ``ovs.explanation``:
+
+- ``release`` (the default; the release's ``cfm.py``): ``mean_{p in S} z_c(p) <W_dec[c], t>
+  / |x_hat(p)|``, with the decoder bias's share ``mean_{p in S} <b_dec, t> / |x_hat(p)|``
+  beside it; concepts and bias sum exactly to the segment's mean ``cos(x_hat(p), t)``, the
+  score the segmentation itself used.
+- ``cosine``: ``mean_{p in S} z_c(p) * cos(W_dec[c], t)``: the concept's mean activation on
+  the segment times how much its decoder direction points at the label's text embedding.
 """
 
 from __future__ import annotations
@@ -36,6 +42,28 @@ def concept_contributions(
     return codes[segment].mean(0) * cos
 
 
+EXPLANATIONS = ("release", "cosine")
+
+
+def release_contributions(
+    codes: torch.Tensor,
+    segment: torch.Tensor,
+    w_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    label_text: torch.Tensor,
+) -> tuple[torch.Tensor, float]:
+    """The release's split of the segment's mean cosine with the (unit) label embedding:
+    per concept ``mean_p z_c(p) <W_dec[c], t> / |x_hat(p)|`` (m,) and the bias's share."""
+    if not bool(segment.any()):
+        return torch.zeros(w_dec.shape[0], device=w_dec.device), 0.0
+    text = F.normalize(label_text, dim=-1)
+    z = codes[segment]
+    norms = (z @ w_dec + b_dec).norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    per_concept = ((z / norms) * (w_dec @ text)).mean(0)
+    bias = float(((b_dec @ text) / norms).mean())
+    return per_concept, bias
+
+
 @torch.no_grad()
 def explain_image(
     image: Image.Image,
@@ -47,6 +75,7 @@ def explain_image(
     short_side: int = 448,
     top: int = 8,
     device: torch.device | str = "cpu",
+    reading: str = "release",
 ) -> dict:
     """One forward of the whole (protocol-resized) image: the thresholded codes, the patch
     segmentation of the SAE reconstruction, the most common label and its top concepts."""
@@ -58,13 +87,24 @@ def explain_image(
     reconstruction = F.normalize(sae.decode(codes), dim=-1)
     prediction = (reconstruction @ text.T).argmax(-1)
     label = int(torch.bincount(prediction, minlength=text.shape[0]).argmax())
-    contributions = concept_contributions(codes, prediction == label, sae.W_dec, text[label])
+    segment = prediction == label
+    if reading not in EXPLANATIONS:
+        raise ValueError(f"ovs.explanation must be one of {EXPLANATIONS}, not {reading!r}")
+    bias = None
+    if reading == "release":
+        contributions, bias = release_contributions(
+            codes, segment, sae.W_dec, sae.b_dec, text[label]
+        )
+    else:
+        contributions = concept_contributions(codes, segment, sae.W_dec, text[label])
     order = torch.argsort(contributions, descending=True)[:top]
     return {
         "label": class_names[label],
+        "reading": reading,
         "segmentation": prediction.reshape(grid).cpu().numpy(),
         "concepts": [int(c) for c in order],
         "contributions": [float(contributions[c]) for c in order],
+        "bias": bias,
     }
 
 
@@ -98,7 +138,11 @@ def explanation_figure(
     labels = [concept_label(c, names.get(c)) for c in explanation["concepts"]]
     axes[2].barh(range(len(labels))[::-1], explanation["contributions"], color="#2b8a3e")
     axes[2].set_yticks(range(len(labels))[::-1], labels)
-    axes[2].set_xlabel("activation x cos(decoder, label text)")
+    axes[2].set_xlabel(
+        "activation x <decoder, label text> / |reconstruction|"
+        if explanation.get("reading") == "release"
+        else "activation x cos(decoder, label text)"
+    )
     axes[2].set_title(f"concepts behind '{explanation['label']}'")
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -292,8 +292,9 @@ def test_top_patch_weights_by_hand(tmp_path):
     active = top_patch_weights([tmp_path / "shard-00000.parquet"], None, 2, "active")
     by_pair = dict(
         zip(
-            zip(active["concept"].to_pylist(), active["other"].to_pylist()),
+            zip(active["concept"].to_pylist(), active["other"].to_pylist(), strict=True),
             active["weight"].to_pylist(),
+            strict=True,
         )
     )
     assert by_pair[(9, 9)] == pytest.approx(4.0) and by_pair[(5, 5)] == pytest.approx(2.5)

@@ -158,6 +158,24 @@ def test_concept_contribution_is_activation_times_cosine():
     )
 
 
+def test_release_contributions_by_hand_sum_to_the_segments_mean_cosine():
+    """cfm.py's split: z_c <W_dec[c], t> / |x_hat| per concept plus <b_dec, t> / |x_hat|."""
+    from insight.tasks.ovs_explain import release_contributions
+
+    codes = torch.tensor([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    segment = torch.tensor([True, True, False])
+    w_dec = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    b_dec = torch.tensor([0.0, 4.0])
+    text = torch.tensor([0.6, 0.8])
+    # patch 0: x_hat = (3, 4), |x_hat| = 5; patch 1: x_hat = (0, 6), |x_hat| = 6
+    per_concept, bias = release_contributions(codes, segment, w_dec, b_dec, text)
+    expected = torch.tensor([(1 * 1.8 / 5 + 0) / 2, (0 + 2 * 0.8 / 6) / 2])
+    torch.testing.assert_close(per_concept, expected)
+    assert bias == pytest.approx((3.2 / 5 + 3.2 / 6) / 2)
+    mean_cos = ((3 * 0.6 + 4 * 0.8) / 5 + (6 * 0.8) / 6) / 2
+    assert float(per_concept.sum()) + bias == pytest.approx(mean_cos)
+
+
 def test_explanation_figure_and_prediction_png(tmp_path, models):
     from insight.tasks.ovs_explain import explain_image, explanation_figure, save_prediction_png
 
@@ -169,6 +187,7 @@ def test_explanation_figure_and_prediction_png(tmp_path, models):
     )
     assert explanation["label"] in ("a", "b", "c") and len(explanation["concepts"]) == 4
     assert explanation["contributions"] == sorted(explanation["contributions"], reverse=True)
+    assert explanation["reading"] == "release" and explanation["bias"] is not None
     explanation_figure(
         image, explanation, {explanation["concepts"][0]: "<script>"}, tmp_path / "f.png"
     )
