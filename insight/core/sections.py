@@ -114,6 +114,7 @@ class SAESettings:
     seed: int
     holdout_fraction: float
     shuffle_buffer: int
+    batch_images: int | None
     checkpoint_every: int
     encode_chunk: int
     inference_threshold: str

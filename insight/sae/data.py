@@ -61,6 +61,9 @@ class FeatureBatches:
     rows of the split (``train``, ``heldout`` or ``calibration``, by image:
     :func:`split_mask`), and shuffles them through a
     buffer of ``shuffle_buffer`` rows; the last incomplete batch is dropped in training.
+    With ``batch_images`` (the paper and the release: 83 images, 16,268 patches) a batch is
+    that many whole images instead: images, not rows, are shuffled through the buffer and
+    each keeps all its patches together.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class FeatureBatches:
         shuffle_buffer: int = 262_144,
         seed: int = 0,
         calibration_fraction: float = 0.0,
+        batch_images: int | None = None,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -82,6 +86,7 @@ class FeatureBatches:
         self.calibration_fraction = calibration_fraction
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.seed = seed
+        self.batch_images = batch_images
         self.row_groups = [
             (p, g) for p in self.paths for g in range(pq.ParquetFile(p).num_row_groups)
         ]
@@ -89,23 +94,63 @@ class FeatureBatches:
             raise ValueError("no feature shards to train on")
         self.d_in = pq.read_schema(self.paths[0]).field("embedding").type.list_size
 
-    def _rows(self, path: str, group: int) -> np.ndarray:
+    def _rows_and_images(self, path: str, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """The split's rows of one row group and each row's image (codes local to the group)."""
         table = pq.ParquetFile(path).read_row_group(group, columns=["image_id", "embedding"])
         rows = embeddings_of(table)
         if not np.isfinite(rows).all():
             raise FloatingPointError(f"non-finite feature values in {path}, row group {group}")
-        return rows[
-            split_mask(
-                table["image_id"], self.split, self.holdout_fraction, self.calibration_fraction
-            )
-        ]
+        keep = split_mask(
+            table["image_id"], self.split, self.holdout_fraction, self.calibration_fraction
+        )
+        images = pc.dictionary_encode(table["image_id"].combine_chunks()).indices.to_numpy()
+        return rows[keep], images[keep]
+
+    def _rows(self, path: str, group: int) -> np.ndarray:
+        return self._rows_and_images(path, group)[0]
 
     def count_rows(self) -> int:
         return sum(len(self._rows(p, g)) for p, g in self.row_groups)
 
+    def steps_per_epoch(self) -> int:
+        """Full batches in one epoch: rows // batch_size, or images // batch_images."""
+        if self.batch_images is None:
+            return self.count_rows() // self.batch_size
+        images = sum(len(np.unique(self._rows_and_images(p, g)[1])) for p, g in self.row_groups)
+        return images // self.batch_images
+
+    def _image_epoch(self, epoch: int, shuffle: bool, drop_last: bool) -> Iterator[torch.Tensor]:
+        """Batches of ``batch_images`` whole images, images shuffled through the buffer."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = (
+            rng.permutation(len(self.row_groups)) if shuffle else np.arange(len(self.row_groups))
+        )
+        images: list[np.ndarray] = []  # one (patches, d) array per image
+        buffered = 0
+        for i, position in enumerate(order):
+            rows, image = self._rows_and_images(*self.row_groups[position])
+            starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]]) if len(image) else []
+            images += np.split(rows, starts[1:]) if len(rows) else []
+            buffered += len(rows)
+            last = i == len(order) - 1
+            if buffered < self.shuffle_buffer and not last:
+                continue
+            if shuffle:
+                images = [images[j] for j in rng.permutation(len(images))]
+            usable = len(images) - len(images) % self.batch_images
+            if last and not drop_last:
+                usable = len(images)
+            for start in range(0, usable, self.batch_images):
+                yield torch.from_numpy(np.concatenate(images[start : start + self.batch_images]))
+            images = images[usable:]
+            buffered = sum(len(x) for x in images)
+
     def epoch(
         self, epoch: int, shuffle: bool = True, drop_last: bool = True
     ) -> Iterator[torch.Tensor]:
+        if self.batch_images is not None:
+            yield from self._image_epoch(epoch, shuffle, drop_last)
+            return
         rng = np.random.default_rng([self.seed, epoch])
         order = (
             rng.permutation(len(self.row_groups)) if shuffle else np.arange(len(self.row_groups))

@@ -127,7 +127,7 @@ class SAETrainer:
 
     def total_steps(self) -> int:
         if not hasattr(self, "_steps_per_epoch"):
-            self._steps_per_epoch = self.data.count_rows() // self.config.batch_size
+            self._steps_per_epoch = self.data.steps_per_epoch()
         total = self._steps_per_epoch * self.config.epochs
         return min(total, self.config.max_steps) if self.config.max_steps else total
 

@@ -68,6 +68,7 @@ def train_sae_from_shards(
         settings.shuffle_buffer,
         train.seed,
         settings.calibration_fraction,
+        settings.batch_images,
     )
     key = settings_hash([results_only("sae", settings), paths])
     checkpoint = Path(checkpoint_dir) / f"sae-{key}.pt"

@@ -308,3 +308,30 @@ def test_linear_aux_k_gives_dead_latents_with_negative_pre_activations_a_gradien
         sae.training_losses(x)["aux"].backward()
         grads[activation] = sae.b_enc.grad[5].abs().item()
     assert grads["relu"] == 0 and grads["linear"] > 0
+
+
+def test_batches_of_whole_images_as_the_paper_and_the_release_take_them(tmp_path):
+    """``batch_images``: every batch is that many whole images (all 16 patches each), every
+    training image once per epoch, the order seeded."""
+    images, patches = 100, 16
+    x = np.zeros((images * patches, 4), np.float32)
+    x[:, 0] = np.repeat(np.arange(images), patches)  # the image, readable from each row
+    x[:, 1] = np.tile(np.arange(patches), images)
+    paths = write_shards(tmp_path, x, patches, images_per_shard=40)
+    data = FeatureBatches(paths, 256, shuffle_buffer=32 * patches, seed=3, batch_images=3)
+    batches = list(data.epoch(0))
+    seen = []
+    for batch in batches:
+        image_ids = batch[:, 0].numpy()
+        assert batch.shape[0] == 3 * patches and len(np.unique(image_ids)) == 3
+        for image in np.unique(image_ids):
+            assert sorted(batch[image_ids == image, 1].tolist()) == list(range(patches))
+        seen += np.unique(image_ids).tolist()
+    train_images = len(
+        np.unique(np.concatenate([b[:, 0].numpy() for b in data.epoch(0, drop_last=False)]))
+    )
+    assert (
+        len(seen) == len(set(seen)) and len(batches) == data.steps_per_epoch() == train_images // 3
+    )
+    assert seen != sorted(seen)  # shuffled, and the same for the same seed
+    assert [b[:, 0].tolist() for b in data.epoch(0)] == [b[:, 0].tolist() for b in batches]
