@@ -10,15 +10,18 @@ single template set), as ``logit_scale * cos``:
 - ``insight_thresholded``: their reconstruction from the batch-independent
   thresholded codes.
 
-Window logits are averaged, resized bilinearly to the image's original size and
-argmaxed. Background (datasets whose class 0 is background): ``prompt`` scores a
-"background" prompt like any class; ``threshold`` predicts background where the
-largest class probability (softmax of the logits) is below ``threshold``; ``found``
-(CLIP-DINOiser's FOUND rule, with the published head) predicts background where the
-largest class probability is below 0.99 and the head's foreground score below 0.5
-(scored classes then exclude background). ``auto`` is what the release does: ``found``
-on VOC and COCO-Object when the head has a background decoder, ``prompt`` elsewhere
-(Context-60 scores "background" like any class).
+Each window gives ``softmax(logit_scale * cos)`` at feature resolution (the release's
+``cls_seg``; ``window_scores: logits`` keeps ``logit_scale * cos``), resized bilinearly to
+the window; windows are averaged, resized to the image's original size and argmaxed.
+Background (datasets whose class 0 is background): ``prompt`` scores a "background" prompt
+like any class; ``threshold`` predicts background where the largest class probability is
+below ``threshold``; ``found`` (CLIP-DINOiser's FOUND rule, with the published head): as
+released (``found_at: window``) "background" stays class 0 and, in each window before
+upsampling, gets probability 1 where the best probability is below 0.99 and the head's
+foreground score is not above 0.5; with ``found_at: image`` the rule is applied once after
+averaging, background not scored. ``auto`` is what the release does: ``found`` on VOC and
+COCO-Object when the head has a background decoder, ``prompt`` elsewhere (Context-60 scores
+"background" like any class).
 
 The short side is 448 on every benchmark (CLIP-DINOiser's protocol) or, with
 ``short_side: release``, the released configs' 512 for ADE20K and COCO-Stuff and 1024
