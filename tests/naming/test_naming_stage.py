@@ -5,16 +5,17 @@ import pyarrow.parquet as pq
 import torch
 
 from insight.models.backbone import backbone_spec
-from insight.models.prompts import RELEASE_TEMPLATES
+from insight.models.prompts import naming_templates
 from insight.naming.embed import embed_vocabulary
 
 
 def test_embed_vocabulary_encodes_every_template_once(tiny_run):
     stats = tiny_run.reports["vocabulary"]
-    templates = len({t for ts in RELEASE_TEMPLATES.values() for t in ts})  # distinct prompts
+    by_pos = naming_templates(tiny_run.cfg.vocabulary.templates)
+    templates = len({t for ts in by_pos.values() for t in ts})  # distinct prompts
     assert stats["prompts_encoded"] == stats["terms"] * templates
     table = pq.read_table(tiny_run.results / "vocabulary/embeddings.parquet")
-    assert table.num_rows == stats["terms"] * len(RELEASE_TEMPLATES)
+    assert table.num_rows == stats["terms"] * len(by_pos)
     vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     # a second run takes every prompt from the cache and gives the same table

@@ -383,7 +383,7 @@ def test_ten_extra_terms_encode_only_those(demo_run, tmp_path):
     override.write_text(f"vocabulary:\n  word_lists: [config/demo_words.txt, {words}]\n")
     snakemake(demo_run, "results/vocabulary/embeddings.parquet", *DEMO, str(override))
     log = (demo_run / "logs/embed_vocabulary.log").read_text()
-    assert "encoded 300 prompts (10 new terms x 30 templates)" in log
+    assert "encoded 300 prompts (10 new terms x 30 distinct templates)" in log
 
 
 @pytest.mark.slow
