@@ -125,14 +125,19 @@ def save_safetensors(
         )
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict, dict[str, str]]:
-    """Load ``(tensors, metadata)`` from a safetensors file (no pickle involved)."""
+def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a safetensors file, read from its header alone."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return load_file(str(path)), metadata
+        return handle.metadata() or {}
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> tuple[dict, dict[str, str]]:
+    """Load ``(tensors, metadata)`` from a safetensors file (no pickle involved)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path)), safetensors_metadata(path)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from insight.core.io import load_safetensors, save_safetensors
+from insight.core.io import load_safetensors, safetensors_metadata, save_safetensors
 from insight.core.settings import CLIP_DINOISER_URL
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -188,7 +188,7 @@ def recorded_backbone(path: str | Path) -> str | None:
     none, or an older file)."""
     if Path(path).suffix in (".pt", ".pth"):
         return None
-    return load_safetensors(path)[1].get("backbone")
+    return safetensors_metadata(path).get("backbone")
 
 
 def load_dinoiser(path: str | Path) -> AnyDINOiser:

@@ -68,9 +68,9 @@ def model_bundle(
 def check_head_backbone(head: str | Path, backbone: BackboneSpec) -> None:
     """A head file that records another CLIP than ``backbone`` is a one-line error naming
     both (a released ``.pt`` records none: ``dinoiser.checkpoint_backbone`` says it)."""
-    recorded = recorded_backbone(head)
-    if recorded and recorded != backbone_identity(backbone):
-        raise ValueError(head_backbone_mismatch(head, recorded, backbone_identity(backbone)))
+    recorded, identity = recorded_backbone(head), backbone_identity(backbone)
+    if recorded and recorded != identity:
+        raise ValueError(head_backbone_mismatch(head, recorded, identity))
 
 
 def load_frozen(frozen: FrozenSpec, device: torch.device) -> FrozenModels:

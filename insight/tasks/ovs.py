@@ -186,6 +186,12 @@ def window_scores(
     return scores
 
 
+def as_probabilities(scores: torch.Tensor, config: OVSConfig) -> torch.Tensor:
+    """Averaged class scores ``(C, H, W)`` as probabilities: as they are when windows gave
+    probabilities, their softmax when they gave logits."""
+    return scores if config.window_scores == "probabilities" else scores.softmax(0)
+
+
 @torch.no_grad()
 def predict(
     image: Image.Image,
@@ -217,10 +223,9 @@ def predict(
             maps.append(window_scores(cos, foreground if found else None, config))
         if found_on_image:  # one more channel: the foreground score, slid alike
             maps.append(foreground[:, None])
-        upsampled = F.interpolate(
+        return F.interpolate(
             torch.cat(maps, dim=1), size=crop.shape[-2:], mode="bilinear", align_corners=False
         )
-        return upsampled
 
     channels = len(methods) * n_classes + int(found_on_image)
     scores = slide_inference(x, window_output, channels, config.window, config.stride)
@@ -231,15 +236,15 @@ def predict(
     for i, method in enumerate(methods):
         method_scores = scores[0, i * n_classes : (i + 1) * n_classes]
         prediction = method_scores.argmax(0)
-        probabilities = (
-            method_scores if config.window_scores == "probabilities" else method_scores.softmax(0)
-        )
         if config.background == "threshold":
-            probability = probabilities.max(0).values
+            probability = as_probabilities(method_scores, config).max(0).values
             prediction = torch.where(probability < config.background_threshold, 0, prediction + 1)
         elif found_on_image:
             background = found_background(
-                probabilities, scores[0, -1], config.found_confidence, config.found_foreground
+                as_probabilities(method_scores, config),
+                scores[0, -1],
+                config.found_confidence,
+                config.found_foreground,
             )
             prediction = torch.where(background, 0, prediction + 1)
         out[method] = prediction.cpu().numpy().astype(np.int64)

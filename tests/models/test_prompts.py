@@ -1,13 +1,11 @@
 """Naming templates: the release's three sets by default, the project's and a user's file."""
 
-import numpy as np
 import pytest
 
 from insight.models.prompts import (
     PROJECT_TEMPLATES,
     RELEASE_TEMPLATES,
     naming_templates,
-    template_embeddings,
 )
 
 # The release's lists (cfm/method_utils.py), typed out here independently of the module.
@@ -56,21 +54,3 @@ def test_a_users_template_file_is_read_and_checked(tmp_path):
         naming_templates(str(path))
     with pytest.raises(FileNotFoundError, match="neither release, project nor a file"):
         naming_templates(str(tmp_path / "absent.yaml"))
-
-
-def test_each_set_is_averaged_on_its_own_with_the_releases_strings():
-    """Eq. B.11 per set, against a hand computation on the exact release prompts."""
-    rng = np.random.default_rng(1)
-    table = {}
-
-    def encode(prompts):
-        for p in prompts:
-            table.setdefault(p, rng.normal(size=6))
-        return np.stack([table[p] for p in prompts])
-
-    out = template_embeddings(["run"], encode, RELEASE_TEMPLATES)
-    assert "to run" in table and "someone who is run" in table and "run" in table
-    for pos, templates in RELEASE_TEMPLATES.items():
-        raw = np.stack([table[t.format("run")] for t in templates])
-        mean = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).mean(0)
-        np.testing.assert_allclose(out[pos][0], mean / np.linalg.norm(mean), atol=1e-12)

@@ -98,6 +98,8 @@ def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():
         return np.stack([table[p] for p in prompts])
 
     out = template_embeddings(["cat"], encode, RELEASE_TEMPLATES)
+    # the release's exact prompts, each set averaged on its own
+    assert "to cat" in table and "someone who is cat" in table and "cat" in table
     for pos, templates in RELEASE_TEMPLATES.items():
         raw = np.stack([table[t.format("cat")] for t in templates])
         mean = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).mean(0)
