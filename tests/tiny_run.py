@@ -27,21 +27,14 @@ from insight.demo.layouts import (
 )
 from insight.demo.world import world_words
 from insight.features.extract import extract_config, extract_shard_from_index
-from insight.hierarchy.cooccurrence import (
-    cooccurrence_table,
-    reduce_partials,
-    shards_partial,
-    totals_table,
-)
+from insight.hierarchy.cooccurrence import cooccurrence_table, reduce_partials, totals_table
 from insight.hierarchy.families import family_dag, write_families
+from insight.hierarchy.streaming import shards_partial
 from insight.models.backbone import backbone_spec
 from insight.models.dinoiser import save_dinoiser
-from insight.models.dinoiser_training import (
-    dinoiser_train_config,
-    teacher_spec,
-    train_dinoiser_from_images,
-)
+from insight.models.dinoiser_training import dinoiser_train_config, train_dinoiser_from_images
 from insight.models.frozen import model_bundle
+from insight.models.teachers import teacher_spec
 from insight.naming.embed import embed_vocabulary
 from insight.naming.names import name_concepts
 from insight.naming.vocabulary import build_index, build_vocabulary, save_index
@@ -142,7 +135,7 @@ def build_tiny_run(root: Path) -> TinyRun:
     partial = reduce_partials([_saved_partial(concepts, cfg, results)], cfg.sae.d_sae)
     write_parquet(cooccurrence_table(partial, 0.05), results / "hierarchy/cooccurrence.parquet")
     write_parquet(totals_table(partial), results / "hierarchy/totals.parquet")
-    graph, _ = family_dag(cooccurrence_table(partial, 0.05), totals_table(partial), 0.75)
+    graph, _ = family_dag(cooccurrence_table(partial, 0.05), totals_table(partial))
     write_families(
         graph, results / "hierarchy/families.parquet", results / "hierarchy/families.graphml"
     )

@@ -75,6 +75,10 @@ class DinoiserSettings:
     gamma: float
     teacher_threshold: float
     seed: int
+    recipe: str
+    crop_size: int
+    lr_step_at: int
+    lr_step_factor: float
     teacher: TeacherSettings
 
 
@@ -127,7 +131,11 @@ class HierarchySettings:
     """Co-occurrence matrix D and the family DAG (Sec. 3.3, App. B.3)."""
 
     dataset: str | None
+    criterion: str
     threshold: float
+    lift: float
+    z: float
+    dense_coverage: float
     floor: float
     min_activation: float
     shards_per_partial: int
@@ -164,6 +172,7 @@ class NamingSettings:
 
     method: str
     alpha: float
+    parents: str
     top_patches: int
     patch_divisor: str
     runner_up: int

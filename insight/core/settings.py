@@ -191,13 +191,15 @@ def _node(schema: dict, dotted: str) -> dict:
 
 
 def _results_only(value, node: dict):
-    """``value`` without the keys its schema ``node`` marks ``affects_results: false``."""
-    if not isinstance(value, dict) or "properties" not in node:
+    """``value`` without the keys its schema ``node`` marks ``affects_results: false``, its
+    keys sorted: the same settings give the same params whatever order a config file or
+    an override wrote them in."""
+    if not isinstance(value, dict):
         return value
-    props = node["properties"]
+    props = node.get("properties", {})
     return {
         key: _results_only(item, props.get(key, {}))
-        for key, item in value.items()
+        for key, item in sorted(value.items())
         if props.get(key, {}).get("affects_results", True)
     }
 

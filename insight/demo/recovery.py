@@ -14,7 +14,7 @@ import torch
 
 from insight.core.io import read_label_map
 from insight.core.logs import progress
-from insight.core.sections import NamingSettings
+from insight.core.sections import HierarchySettings, NamingSettings
 from insight.demo.world import CLASSES, COLOURS, OBJECT_PARTS, PART_BACKGROUND, PART_OF, PARTS
 from insight.models.frozen import FrozenSpec, load_frozen, squashed_input
 from insight.naming.names import concept_names
@@ -253,12 +253,15 @@ def world_recovery(
     names_path: str | Path,
     device: torch.device,
     top_concepts: int = 20,
+    criteria: tuple[str | Path, str | Path, HierarchySettings] | None = None,
 ) -> dict:
     """How much of the demo world the concepts recovered: the share of the most
     frequent concepts named with the world's words, the part and object concepts named
     with their own words (against shuffled names), and the family edges that mirror the
-    world's part-of structure, against the count expected with shuffled parents. Concept
-    labels come from the thresholded codes on the world's part-annotated scenes."""
+    world's part-of structure, against the count expected with shuffled parents; with
+    ``criteria`` (co-occurrence, totals, hierarchy settings) the same for each family
+    criterion (:func:`families_by_criterion`). Concept labels come from the thresholded
+    codes on the world's part-annotated scenes."""
     from insight.hierarchy.families import load_families
     from insight.tasks.interpretability import part_pairs
 
@@ -291,11 +294,51 @@ def world_recovery(
         naming[f"{kind}_concepts_world_named_fraction"] = named / len(labelled) if labelled else 0.0
         naming[f"{kind}_concepts_own_word"] = own_word_naming(labels, name_of)
     edges = sorted(load_families(families_path).edges)
-    return {
+    result = {
         "images": len(pairs),
         "naming": naming,
         "families": family_recovery(edges, part, obj, name_of),
     }
+    if criteria is not None:
+        result["families_by_criterion"] = families_by_criterion(*criteria, part, obj)
+    return result
+
+
+def families_by_criterion(
+    cooccurrence_path: str | Path,
+    totals_path: str | Path,
+    settings: HierarchySettings,
+    part: list[str | None],
+    obj: list[str | None],
+) -> dict:
+    """Both family criteria on the same D: edges, direct edges, equivalent pairs, the
+    children of the most frequent concept, the most direct children of any concept, and
+    the planted edges against shuffled parents (:func:`family_recovery`)."""
+    from insight.hierarchy.families import CRITERIA, family_criterion, family_dag
+
+    cooccurrence, totals = pq.read_table(cooccurrence_path), pq.read_table(totals_path)
+    frequency = totals["frequency"].to_numpy()
+    top = int(np.argmax(frequency))
+    out = {}
+    for name in CRITERIA:
+        criterion = dataclasses.replace(family_criterion(settings), name=name)
+        graph, report = family_dag(cooccurrence, totals, criterion)
+        direct = [(p, c) for p, c, d in graph.edges(data="direct") if d]
+        direct_children = np.bincount([p for p, _ in direct], minlength=len(frequency))
+        recovered = family_recovery(sorted(graph.edges), part, obj)
+        out[name] = {
+            "edges": graph.number_of_edges(),
+            "direct_edges": len(direct),
+            "equivalent_pairs": report["equivalents"].num_rows,
+            "most_frequent_concept": top,
+            "most_frequent_concept_children": graph.out_degree(top) if top in graph else 0,
+            "max_direct_children": int(direct_children.max(initial=0)),
+            **{
+                key: recovered[key]
+                for key in ("planted_edges", "planted_edges_shuffled_parents", "p_value")
+            },
+        }
+    return out
 
 
 def world_named_share(names: pa.Table, top_concepts: int = 20) -> dict:

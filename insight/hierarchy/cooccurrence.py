@@ -1,9 +1,22 @@
-"""The weighted co-occurrence matrix D of the concepts (Sec. 3.3, App. B.3).
+"""The weighted co-occurrence matrix D of the concepts (Sec. 3.3, App. B.3) and its evidence.
 
 ``D[j, j'] = sum_i 1[j' active at i] A[j, i] / sum_i A[j, i]`` (Eq. 5 / B.8), summed over
-every patch of every image. The numerator and denominator are sums over patches, so
-each concept shard gives a *partial* (one job per shard) and one reduce job adds them:
-memory depends on the number of concepts m, never on the number of patches.
+every patch of every image. The same streaming pass sums what the ``baseline`` family
+criterion needs (:mod:`insight.hierarchy.families`):
+
+- ``baseline[j, j'] = sum_g W_j(g) n_j'(g) / P_g``, so ``D0 = baseline / total`` is what D
+  would be if j's activation mass sat at random among the patches of its own images
+  (g an image, ``W_j(g)`` j's mass in it, ``n_j'(g)`` the patches where j' fires, ``P_g``
+  the image's patches, from the shard's ``insight.grid``);
+- ``pair_images[j, j']``: images where both fire; ``images[j]``: images where j fires;
+  ``coverage[j] = sum_g n_j(g) / P_g`` (its mean share of its images' patches is
+  ``coverage / images``).
+
+All are sums over images, so each concept shard gives a *partial* (one job per group of
+shards, :mod:`insight.hierarchy.streaming`) and one reduce job adds them: memory depends on the number of concepts m, never
+on the number of patches. Each partial keeps the even and the odd shards apart (two
+halves of the images, reduced separately, so an edge can be checked on each half with no
+second pass); the whole is their sum.
 
 Choices where the paper leaves room (tested in tests/hierarchy/test_hierarchy.py):
 - A concept that never fires has ``sum_i A[j, i] = 0``; its row of D is defined as 0
@@ -14,77 +27,176 @@ Choices where the paper leaves room (tested in tests/hierarchy/test_hierarchy.py
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import pyarrow as pa
 
 from insight.core.io import atomic_path
 
 COOCCURRENCE_SCHEMA = pa.schema(
-    [("concept", pa.int32()), ("other", pa.int32()), ("confidence", pa.float32())]
+    [
+        ("concept", pa.int32()),
+        ("other", pa.int32()),
+        ("confidence", pa.float32()),
+        ("baseline", pa.float32()),
+        ("images", pa.int32()),
+        ("confidence_even", pa.float32()),
+        ("baseline_even", pa.float32()),
+        ("confidence_odd", pa.float32()),
+        ("baseline_odd", pa.float32()),
+    ]
 )
 
 
 TOTALS_SCHEMA = pa.schema(
-    [("concept", pa.int32()), ("total_activation", pa.float64()), ("frequency", pa.int64())]
+    [
+        ("concept", pa.int32()),
+        ("total_activation", pa.float64()),
+        ("frequency", pa.int64()),
+        ("images", pa.int64()),
+        ("coverage", pa.float64()),
+        ("images_even", pa.int64()),
+        ("images_odd", pa.int64()),
+    ]
 )
+
+HALVES = ("even", "odd")
+_MATRICES = ("numerator", "baseline", "pair_images")
+_VECTORS = ("total", "frequency", "images", "coverage")
+
+
+@dataclass
+class HalfSums:
+    """Sums over the images of some shards: ``numerator[j, j'] = sum_i 1[j' at i] A[j, i]``,
+    ``baseline``, ``pair_images``, ``total[j] = sum_i A[j, i]``, ``frequency[j]`` (patches
+    where j is active), ``images``, ``coverage`` (see the module docstring), ``patches`` and
+    ``image_count`` seen."""
+
+    numerator: np.ndarray
+    baseline: np.ndarray
+    pair_images: np.ndarray
+    total: np.ndarray
+    frequency: np.ndarray
+    images: np.ndarray
+    coverage: np.ndarray
+    patches: int = 0
+    image_count: int = 0
+
+    @classmethod
+    def zeros(cls, d_sae: int) -> HalfSums:
+        square = (d_sae, d_sae)
+        return cls(
+            np.zeros(square),
+            np.zeros(square),
+            np.zeros(square, dtype=np.int32),
+            np.zeros(d_sae),
+            np.zeros(d_sae, dtype=np.int64),
+            np.zeros(d_sae, dtype=np.int64),
+            np.zeros(d_sae),
+        )
+
+    def add(self, other: HalfSums) -> None:
+        for name in (*_MATRICES, *_VECTORS):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.patches += other.patches
+        self.image_count += other.image_count
+
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        """The sums as safetensors entries, matrices in 32 bits (the reduce sums in 64): dense
+        when more than a quarter of the pairs co-occurred in an image, else the values at
+        those pairs only (one flat index j*m + j' shared by the three matrices)."""
+        out = {f"{prefix}.{name}": getattr(self, name) for name in _VECTORS}
+        out[f"{prefix}.counts"] = np.array([self.patches, self.image_count], dtype=np.int64)
+        seen = self.pair_images != 0
+        seen |= self.numerator != 0
+        seen |= self.baseline != 0
+        flat = seen.reshape(-1)
+        dense = np.count_nonzero(flat) > flat.size // 4
+        index = None if dense else np.flatnonzero(flat)
+        if index is not None:
+            out[f"{prefix}.index"] = index.astype(np.int32) if flat.size < 2**31 else index
+        for name in _MATRICES:
+            matrix = getattr(self, name)
+            small = np.int32 if name == "pair_images" else np.float32
+            values = matrix if index is None else matrix.reshape(-1)[index]
+            out[f"{prefix}.{name}"] = values.astype(small)
+        return out
+
+    def add_tensors(self, saved: dict[str, np.ndarray], prefix: str) -> None:
+        for name in _VECTORS:
+            getattr(self, name).__iadd__(saved[f"{prefix}.{name}"])
+        patches, image_count = (int(v) for v in saved[f"{prefix}.counts"])
+        self.patches += patches
+        self.image_count += image_count
+        index = saved.get(f"{prefix}.index")
+        for name in _MATRICES:
+            matrix = getattr(self, name)
+            if index is None:
+                matrix += saved[f"{prefix}.{name}"]
+            else:
+                matrix.reshape(-1)[index] += saved[f"{prefix}.{name}"]
 
 
 @dataclass
 class CooccurrencePartial:
-    """Sums over some patches: ``numerator[j, j'] = sum_i 1[j' at i] A[j, i]`` (float64),
-    ``total[j] = sum_i A[j, i]``, ``frequency[j]`` = patches where j is active, ``patches``."""
+    """What a partial job sums: :class:`HalfSums` of its even and of its odd shards."""
 
-    numerator: np.ndarray
-    total: np.ndarray
-    frequency: np.ndarray
-    patches: int = 0
+    halves: tuple[HalfSums, HalfSums]
 
     @classmethod
     def zeros(cls, d_sae: int) -> CooccurrencePartial:
-        return cls(np.zeros((d_sae, d_sae)), np.zeros(d_sae), np.zeros(d_sae, dtype=np.int64))
+        return cls((HalfSums.zeros(d_sae), HalfSums.zeros(d_sae)))
 
-    def add(self, other: CooccurrencePartial) -> None:
-        self.numerator += other.numerator
-        self.total += other.total
-        self.frequency += other.frequency
-        self.patches += other.patches
+    @property
+    def d_sae(self) -> int:
+        return len(self.halves[0].total)
+
+    def whole(self) -> HalfSums:
+        """Both halves summed (a new m x m accumulator set: for tests and small m)."""
+        merged = HalfSums.zeros(self.d_sae)
+        for half in self.halves:
+            merged.add(half)
+        return merged
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.halves[0].total + self.halves[1].total
+
+    @property
+    def frequency(self) -> np.ndarray:
+        return self.halves[0].frequency + self.halves[1].frequency
+
+    @property
+    def patches(self) -> int:
+        return self.halves[0].patches + self.halves[1].patches
 
     def confidence(self) -> np.ndarray:
         """Dense D (Eq. 5); rows of concepts that never fire are 0."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            d = self.numerator / self.total[:, None]
-        d[self.total == 0] = 0.0
-        return d
+        return ratio_rows(self.halves[0].numerator + self.halves[1].numerator, self.total)
+
+    def add(self, other: CooccurrencePartial) -> None:
+        for mine, theirs in zip(self.halves, other.halves, strict=True):
+            mine.add(theirs)
 
     def save(self, path: str | Path) -> None:
-        """Save as safetensors, numerator in float32 (the reduce sums in float64): dense when
-        more than a quarter of the pairs co-occurred, else only those (flat index j*m + j')."""
         from safetensors.numpy import save_file
 
-        flat = self.numerator.reshape(-1)
-        tensors = {
-            "total": self.total,
-            "frequency": self.frequency,
-            "patches": np.array([self.patches], dtype=np.int64),
-        }
-        if np.count_nonzero(flat) > flat.size // 4:
-            tensors["dense"] = self.numerator.astype(np.float32)
-        else:
-            index = np.flatnonzero(flat)
-            tensors["index"] = index.astype(np.int32) if flat.size < 2**31 else index
-            tensors["value"] = flat[index].astype(np.float32)
+        tensors: dict[str, np.ndarray] = {}
+        for name, half in zip(HALVES, self.halves, strict=True):
+            tensors.update(half.tensors(name))
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> CooccurrencePartial:
-        partial = cls.zeros(0)
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as handle:
+            m = len(handle.get_tensor("even.total"))
+        partial = cls.zeros(m)
         partial.add_file(path)
         return partial
 
@@ -93,139 +205,21 @@ class CooccurrencePartial:
         from safetensors.numpy import load_file
 
         saved = load_file(str(path))
-        m = len(saved["total"])
-        if len(self.total) == 0:
-            self.numerator, self.total = np.zeros((m, m)), np.zeros(m)
-            self.frequency = np.zeros(m, dtype=np.int64)
-        if m != len(self.total):
-            raise ValueError(f"{path}: partial for {m} concepts, expected {len(self.total)}")
-        if "dense" in saved:
-            self.numerator += saved["dense"]
-        else:
-            self.numerator.reshape(-1)[saved["index"]] += saved["value"]
-        self.total += saved["total"]
-        self.frequency += saved["frequency"]
-        self.patches += int(saved["patches"][0])
+        if "even.total" not in saved:
+            raise ValueError(f"{path}: not a co-occurrence partial of this version (rerun it)")
+        m = len(saved["even.total"])
+        if m != self.d_sae:
+            raise ValueError(f"{path}: partial for {m} concepts, expected {self.d_sae}")
+        for name, half in zip(HALVES, self.halves, strict=True):
+            half.add_tensors(saved, name)
 
 
-@numba.njit(nogil=True, cache=True)
-def _add_pairs(numerator, starts, concepts, activations, lo, hi):  # pragma: no cover - compiled
-    """For every patch p (rows starts[p]..starts[p+1]) and every concept j in [lo, hi)
-    active on it: numerator[j, j'] += A[j, p] for each concept j' active on p."""
-    for p in range(len(starts) - 1):
-        begin, end = starts[p], starts[p + 1]
-        for a in range(begin, end):
-            j = concepts[a]
-            if j < lo or j >= hi:
-                continue
-            weight = np.float64(activations[a])
-            row = numerator[j]
-            for b in range(begin, end):
-                row[concepts[b]] += weight
-
-
-def accumulate_patches(
-    partial: CooccurrencePartial,
-    patch_of_row: np.ndarray,
-    concepts: np.ndarray,
-    activations: np.ndarray,
-) -> None:
-    """Add the pairs of each patch into ``partial`` (rows grouped by patch, ``patch_of_row``
-    non-decreasing from 0). Every ordered pair (j, j') of concepts active on the same patch
-    adds A[j, i] to ``numerator[j, j']`` (j = j' included, giving the diagonal = total).
-
-    A compiled loop (numba) does the pairs; two threads own disjoint row ranges of the
-    accumulator, split so each has about half of the pairs (no races, no atomics).
-    """
-    m = len(partial.total)
-    if len(concepts) == 0:
-        return
-    n_patches = int(patch_of_row[-1]) + 1
-    count = np.bincount(patch_of_row, minlength=n_patches)
-    starts = np.concatenate([[0], np.cumsum(count)])
-    concepts = np.ascontiguousarray(concepts, dtype=np.int32)
-    activations = np.ascontiguousarray(activations, dtype=np.float32)
-    work = np.cumsum(np.bincount(concepts, weights=count[patch_of_row], minlength=m))
-    split = int(np.searchsorted(work, work[-1] / 2))
-    with ThreadPoolExecutor(2) as pool:
-        ranges = [(0, split), (split, m)]
-        list(
-            pool.map(
-                lambda r: _add_pairs(partial.numerator, starts, concepts, activations, *r), ranges
-            )
-        )
-    partial.total += np.bincount(concepts, weights=activations.astype(np.float64), minlength=m)
-    partial.frequency += np.bincount(concepts, minlength=m)
-    partial.patches += n_patches
-
-
-def patch_runs(image_keys: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """0-based patch index of each row, for rows that come grouped by (image, patch)."""
-    if len(image_keys) == 0:
-        return np.zeros(0, dtype=np.int64)
-    changed = (image_keys[1:] != image_keys[:-1]) | (patches[1:] != patches[:-1])
-    return np.concatenate([[0], np.cumsum(changed)])
-
-
-def concept_batches(
-    path: str | Path, min_activation: float = 0.0, rows_per_batch: int = 1_000_000
-) -> Iterator[pa.RecordBatch]:
-    """Stream a concept shard through DuckDB in its stored order (the rows of a patch stay
-    together), keeping activations above ``min_activation``. Images come as a 64-bit hash
-    of ``image_id``: only *neighbouring* rows are compared, so a collision would need two
-    consecutive images with equal hashes (probability 2^-64 per image boundary)."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("set preserve_insertion_order = true")
-    relation = con.sql(
-        "select hash(image_id) as image_key, patch, concept, activation "
-        "from read_parquet($path) where activation > $floor",
-        params={"path": str(path), "floor": min_activation},
-    )
-    yield from relation.to_arrow_reader(rows_per_batch)
-
-
-def shards_partial(
-    paths: Iterable[str | Path],
-    d_sae: int,
-    min_activation: float = 0.0,
-    rows_per_batch: int = 1_000_000,
-) -> CooccurrencePartial:
-    """The partial sums of some concept shards (one partial job). Each shard streams through
-    DuckDB; a patch cut between two batches is carried over to the next one."""
-    partial = CooccurrencePartial.zeros(d_sae)
-    for path in paths:
-        carry: pa.Table | None = None
-        for batch in concept_batches(path, min_activation, rows_per_batch):
-            table = pa.Table.from_batches([batch])
-            if carry is not None:
-                table = pa.concat_tables([carry, table])
-            table = table.combine_chunks()
-            runs = patch_runs(table["image_key"].to_numpy(), table["patch"].to_numpy())
-            last = np.searchsorted(runs, runs[-1])  # the last patch may go on in the next batch
-            _accumulate_table(partial, table.slice(0, last), runs[:last], d_sae)
-            carry = table.slice(last)
-        if carry is not None and carry.num_rows:
-            carry = carry.combine_chunks()
-            runs = patch_runs(carry["image_key"].to_numpy(), carry["patch"].to_numpy())
-            _accumulate_table(partial, carry, runs, d_sae)
-    return partial
-
-
-def _accumulate_table(
-    partial: CooccurrencePartial, table: pa.Table, runs: np.ndarray, d_sae: int
-) -> None:
-    if table.num_rows == 0:
-        return
-    concepts = table["concept"].to_numpy()
-    if concepts.min() < 0 or concepts.max() >= d_sae:
-        raise ValueError(
-            f"concept ids must be in [0, {d_sae}); got {concepts.min()}..{concepts.max()}"
-        )
-    accumulate_patches(
-        partial, runs - runs[0], concepts, table["activation"].to_numpy().astype(np.float64)
-    )
+def ratio_rows(numerator: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """``numerator / total[:, None]`` with rows of zero total set to 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = numerator / total[:, None]
+    out[total == 0] = 0.0
+    return out
 
 
 def reduce_partials(paths: Iterable[str | Path], d_sae: int) -> CooccurrencePartial:
@@ -235,28 +229,61 @@ def reduce_partials(paths: Iterable[str | Path], d_sae: int) -> CooccurrencePart
     return total
 
 
-def cooccurrence_table(partial: CooccurrencePartial, floor: float) -> pa.Table:
-    """Off-diagonal entries of D with ``D >= floor``, as (concept, other, confidence)."""
-    d = partial.confidence()
-    np.fill_diagonal(d, 0.0)
-    concept, other = np.nonzero(d >= floor) if floor > 0 else np.nonzero(d > 0)
+def cooccurrence_table(
+    partial: CooccurrencePartial, floor: float, rows_per_block: int = 512
+) -> pa.Table:
+    """Off-diagonal entries of D with ``D >= floor`` (all non-zero ones at floor 0), with
+    D0, the images where both fire and each half's D and D0; built a block of rows at a
+    time, so no whole m x m copy is made beyond the halves' own sums."""
+    even, odd = partial.halves
+    total = even.total + odd.total
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in COOCCURRENCE_SCHEMA.names}
+    for lo in range(0, partial.d_sae, rows_per_block):
+        rows = slice(lo, lo + rows_per_block)
+        d = ratio_rows(even.numerator[rows] + odd.numerator[rows], total[rows])
+        np.fill_diagonal(d[:, lo:], 0.0)
+        concept, other = np.nonzero(d >= floor) if floor > 0 else np.nonzero(d > 0)
+        at = (concept, other)
+        parts["concept"].append(concept + lo)
+        parts["other"].append(other)
+        parts["confidence"].append(d[at])
+        baseline = (even.baseline[rows] + odd.baseline[rows])[at]
+        parts["baseline"].append(_ratio(baseline, total[rows][concept]))
+        parts["images"].append((even.pair_images[rows] + odd.pair_images[rows])[at])
+        for name, half in zip(HALVES, partial.halves, strict=True):
+            half_total = half.total[rows][concept]
+            parts[f"confidence_{name}"].append(_ratio(half.numerator[rows][at], half_total))
+            parts[f"baseline_{name}"].append(_ratio(half.baseline[rows][at], half_total))
     return pa.table(
         {
-            "concept": concept.astype(np.int32),
-            "other": other.astype(np.int32),
-            "confidence": d[concept, other].astype(np.float32),
+            field.name: pa.array(
+                np.concatenate(parts[field.name]).astype(field.type.to_pandas_dtype())
+            )
+            for field in COOCCURRENCE_SCHEMA
         },
         schema=COOCCURRENCE_SCHEMA,
     )
 
 
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+
+
 def totals_table(partial: CooccurrencePartial) -> pa.Table:
-    m = len(partial.total)
+    """Per concept: total activation, patches and images where it fires, its mean share of
+    its images' patches (``coverage``) and its images in each half."""
+    whole_images = partial.halves[0].images + partial.halves[1].images
+    coverage = partial.halves[0].coverage + partial.halves[1].coverage
     return pa.table(
         {
-            "concept": np.arange(m, dtype=np.int32),
+            "concept": np.arange(partial.d_sae, dtype=np.int32),
             "total_activation": partial.total,
             "frequency": partial.frequency,
+            "images": whole_images,
+            "coverage": _ratio(coverage, whole_images.astype(np.float64)),
+            "images_even": partial.halves[0].images,
+            "images_odd": partial.halves[1].images,
         },
         schema=TOTALS_SCHEMA,
     )

@@ -1,17 +1,29 @@
 """The family DAG over concepts from the co-occurrence matrix D (Sec. 3.3, App. B.3).
 
-Choices where the paper leaves room (tested in tests/hierarchy/test_hierarchy.py):
+Two criteria, one key apart (``hierarchy.criterion``):
+
+- ``confidence`` (the paper): ``D[j, j'] >= threshold`` (0.75) makes j' a parent of j.
+  D is a conditional probability with no base rate: a concept covering most patches of
+  the images it appears in passes against anything local in them.
+- ``baseline``: besides ``D >= threshold``, the lift ``H = (LB - D0) / (1 - D0) >= lift``,
+  where D0 is what D would be if j's activation mass sat at random among the patches of
+  its own images (:mod:`insight.hierarchy.cooccurrence`) and LB the Wilson lower bound
+  of D at confidence ``z`` with n = the images where j fires (patches of one image are
+  not independent draws). H is 0 where D0 = 1.
+
+Clean-up, reported rather than hidden (tested in tests/hierarchy/test_hierarchy.py):
+- A pair that passes both ways is ``equivalent``: listed, not an edge, not oriented.
+- Longer cycles are broken greedily: edges are added in descending D and one that would
+  close a cycle is dropped (``dropped_edges``). The result is a DAG by construction.
+- Every edge carries ``direct``: false where a longer path implies it (the transitive
+  reduction), and ``replicates``: the criterion also holds on each half of the images
+  (even and odd concept shards, reduced separately).
 - A concept that never fires has a zero row of D, so no edges.
-- Family edges: ``D[j, j'] >= threshold`` (0.75) makes j' a parent of j. A mutual pair
-  (both directions above the threshold) keeps one edge, from the concept active on more
-  patches (ties: larger total activation, then lower index, i.e. the coarser
-  Matryoshka group). Longer cycles are then broken greedily: edges are added in
-  descending confidence and an edge that would close a cycle is dropped. The result
-  is a DAG by construction; ``summary['dropped_edges']`` counts what each rule removed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
@@ -20,85 +32,229 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from insight.core.io import atomic_path, write_parquet
+from insight.core.sections import HierarchySettings
+
+CRITERIA = ("confidence", "baseline")
 
 FAMILY_SCHEMA = pa.schema(
-    [("parent", pa.int32()), ("child", pa.int32()), ("confidence", pa.float32())]
+    [
+        ("parent", pa.int32()),
+        ("child", pa.int32()),
+        ("confidence", pa.float32()),
+        ("baseline", pa.float32()),
+        ("lower_bound", pa.float32()),
+        ("lift", pa.float32()),
+        ("images", pa.int32()),
+        ("direct", pa.bool_()),
+        ("replicates", pa.bool_()),
+    ]
+)
+EVIDENCE = [field.name for field in FAMILY_SCHEMA][2:]
+
+EQUIVALENT_SCHEMA = pa.schema(
+    [
+        ("concept", pa.int32()),
+        ("other", pa.int32()),
+        ("confidence", pa.float32()),
+        ("confidence_back", pa.float32()),
+    ]
 )
 
 
-def family_graph(families: pa.Table | None) -> nx.DiGraph:
-    """The family DAG (parent -> child) from ``families.parquet``."""
-    graph = nx.DiGraph()
-    if families is not None:
-        confidences = (
-            families["confidence"].to_pylist()
-            if "confidence" in families.column_names
-            else [None] * families.num_rows
+@dataclass(frozen=True)
+class FamilyCriterion:
+    """When j' is a parent of j (module docstring): ``name`` is ``confidence`` or
+    ``baseline``; ``threshold`` on D, ``lift`` on H and the Wilson ``z``."""
+
+    name: str = "confidence"
+    threshold: float = 0.75
+    lift: float = 0.5
+    z: float = 1.96
+
+    def __post_init__(self):
+        if self.name not in CRITERIA:
+            raise ValueError(f"hierarchy.criterion must be one of {CRITERIA}, got {self.name!r}")
+
+
+def family_criterion(settings: HierarchySettings) -> FamilyCriterion:
+    """The :class:`FamilyCriterion` of the ``hierarchy`` settings."""
+    return FamilyCriterion(settings.criterion, settings.threshold, settings.lift, settings.z)
+
+
+def wilson_lower_bound(share: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """The Wilson score interval's lower end for a proportion ``share`` of ``n`` trials
+    (0 where n = 0)."""
+    share = np.asarray(share, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    safe = np.where(n > 0, n, 1.0)
+    z2 = z * z
+    centre = share + z2 / (2 * safe)
+    spread = z * np.sqrt(np.clip(share * (1 - share), 0, None) / safe + z2 / (4 * safe * safe))
+    return np.where(n > 0, (centre - spread) / (1 + z2 / safe), 0.0)
+
+
+def lift(lower: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """``H = (LB - D0) / (1 - D0)``, 0 where D0 = 1."""
+    room = 1.0 - np.asarray(baseline, dtype=np.float64)
+    return np.where(room > 0, (lower - baseline) / np.where(room > 0, room, 1.0), 0.0)
+
+
+def _passes(
+    confidence: np.ndarray, baseline: np.ndarray, images: np.ndarray, criterion: FamilyCriterion
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lower = wilson_lower_bound(confidence, images, criterion.z)
+    h = lift(lower, baseline)
+    passed = confidence >= criterion.threshold
+    if criterion.name == "baseline":
+        passed &= h >= criterion.lift
+    return passed, lower, h
+
+
+def edge_evidence(cooccurrence: pa.Table, totals: pa.Table, criterion: FamilyCriterion) -> pa.Table:
+    """The entries of D that pass ``criterion`` as (concept, other) = (child, parent), with
+    D0, the lower bound, H, the images where both fire and ``replicates``."""
+    table = cooccurrence.filter(pc.greater_equal(cooccurrence["confidence"], criterion.threshold))
+    child = table["concept"].to_numpy()
+    images = totals["images"].to_numpy()
+    confidence = table["confidence"].to_numpy().astype(np.float64)
+    baseline = table["baseline"].to_numpy().astype(np.float64)
+    passed, lower, h = _passes(confidence, baseline, images[child], criterion)
+    replicates = np.ones(len(child), dtype=bool)
+    for half in ("even", "odd"):
+        half_passed, _, _ = _passes(
+            table[f"confidence_{half}"].to_numpy().astype(np.float64),
+            table[f"baseline_{half}"].to_numpy().astype(np.float64),
+            totals[f"images_{half}"].to_numpy()[child],
+            criterion,
         )
-        for parent, child, confidence in zip(
-            families["parent"].to_pylist(), families["child"].to_pylist(), confidences, strict=True
-        ):
-            graph.add_edge(parent, child, confidence=confidence)
+        replicates &= half_passed
+    keep = np.flatnonzero(passed)
+    return pa.table(
+        {
+            "concept": child[keep],
+            "other": table["other"].to_numpy()[keep],
+            "confidence": confidence[keep],
+            "baseline": baseline[keep],
+            "lower_bound": lower[keep],
+            "lift": h[keep],
+            "images": table["images"].to_numpy()[keep],
+            "replicates": replicates[keep],
+        }
+    )
+
+
+def family_graph(families: pa.Table | None) -> nx.DiGraph:
+    """The family DAG (parent -> child) from ``families.parquet``, its evidence on the edges."""
+    graph = nx.DiGraph()
+    if families is None:
+        return graph
+    evidence = [name for name in EVIDENCE if name in families.column_names]
+    columns = [families[name].to_pylist() for name in ("parent", "child", *evidence)]
+    for parent, child, *values in zip(*columns, strict=True):
+        graph.add_edge(parent, child, **dict(zip(evidence, values, strict=True)))
     return graph
 
 
+def direct_edges(graph: nx.DiGraph) -> nx.DiGraph:
+    """The graph with only its ``direct`` edges (all of them when none is marked)."""
+    marked = [(p, c) for p, c, d in graph.edges(data="direct") if d is not None]
+    if not marked:
+        return graph
+    direct = nx.DiGraph()
+    direct.add_nodes_from(graph.nodes(data=True))
+    direct.add_edges_from((p, c, data) for p, c, data in graph.edges(data=True) if data["direct"])
+    return direct
+
+
+def evidence_text(edge: dict) -> str:
+    """One line of an edge's evidence: D, D0, H, the bound, images, replication."""
+    parts = [f"D {edge['confidence']:.2f}"] if edge.get("confidence") is not None else []
+    for key, label in (("baseline", "D0"), ("lift", "H"), ("lower_bound", "bound")):
+        if edge.get(key) is not None:
+            parts.append(f"{label} {edge[key]:.2f}")
+    if edge.get("images") is not None:
+        parts.append(f"{edge['images']} images")
+    if edge.get("replicates") is not None:
+        parts.append("replicates on both halves" if edge["replicates"] else "does not replicate")
+    if edge.get("direct") is False:
+        parts.append("implied by a longer path")
+    return " · ".join(parts)
+
+
 def family_dag(
-    cooccurrence: pa.Table, totals: pa.Table, threshold: float = 0.75
+    cooccurrence: pa.Table, totals: pa.Table, criterion: FamilyCriterion | None = None
 ) -> tuple[nx.DiGraph, dict]:
-    """The family DAG: parent -> child edges from ``D[child, parent] >= threshold``
-    (Sec. 3.3, inverted), mutual pairs and cycles resolved as the module docstring says."""
-    frequency = totals["frequency"].to_numpy()
-    activation = totals["total_activation"].to_numpy()
-    strong = cooccurrence.filter(pc.greater_equal(cooccurrence["confidence"], threshold))
-    child = strong["concept"].to_numpy()
-    parent = strong["other"].to_numpy()
-    confidence = strong["confidence"].to_numpy()
+    """The family DAG: parent -> child edges where ``(child, parent)`` passes ``criterion``,
+    equivalent pairs listed apart, cycles broken, ``direct`` marked (module docstring).
+    Returns the graph and a report: ``equivalents`` (a table) and ``dropped_edges``."""
+    criterion = criterion or FamilyCriterion()
+    passing = edge_evidence(cooccurrence, totals, criterion).to_pylist()
     edges = {
-        (int(p), int(c)): float(w)
-        for p, c, w in zip(parent, child, confidence, strict=True)
-        if p != c
+        (row["other"], row["concept"]): row for row in passing if row["other"] != row["concept"]
     }
-
-    def generality(concept: int) -> tuple:
-        return (frequency[concept], activation[concept], -concept)
-
-    dropped_mutual = 0
-    for p, c in list(edges):
-        if (p, c) in edges and (c, p) in edges:
-            loser = (p, c) if generality(p) < generality(c) else (c, p)
-            del edges[loser]
-            dropped_mutual += 1
+    equivalent = sorted((c, p) for p, c in edges if c < p and (c, p) in edges)
+    for a, b in equivalent:
+        del edges[(a, b)], edges[(b, a)]
     graph = nx.DiGraph()
+    order = sorted(edges, key=lambda e: (-edges[e]["confidence"], e))
+    graph.add_edges_from(order)
     dropped_cycle = 0
-    for (p, c), w in sorted(edges.items(), key=lambda e: (-e[1], -frequency[e[0][0]], e[0])):
-        if graph.has_node(c) and graph.has_node(p) and nx.has_path(graph, c, p):
-            dropped_cycle += 1
-            continue
-        graph.add_edge(p, c, confidence=w)
-    for node in graph.nodes:
-        graph.nodes[node]["frequency"] = int(frequency[node])
-        graph.nodes[node]["total_activation"] = float(activation[node])
+    if not nx.is_directed_acyclic_graph(graph):  # rare: only then the greedy search per edge
+        graph = nx.DiGraph()
+        for p, c in order:
+            if graph.has_node(c) and graph.has_node(p) and nx.has_path(graph, c, p):
+                dropped_cycle += 1
+                continue
+            graph.add_edge(p, c)
+    for p, c in graph.edges:
+        row = edges[(p, c)]
+        graph.edges[p, c].update({name: row[name] for name in EVIDENCE if name in row})
+    reduced = nx.transitive_reduction(graph)
+    for p, c in graph.edges:
+        graph.edges[p, c]["direct"] = reduced.has_edge(p, c)
+    _annotate_nodes(graph, totals)
     if not nx.is_directed_acyclic_graph(graph):  # impossible by construction; never ship a cycle
         raise RuntimeError("family graph has a cycle")
-    return graph, {"mutual_pairs": dropped_mutual, "cycles": dropped_cycle}
+    d_pairs = {(r["concept"], r["other"]): r["confidence"] for r in passing}
+    equivalents = pa.table(
+        {
+            "concept": [a for a, _ in equivalent],
+            "other": [b for _, b in equivalent],
+            "confidence": [d_pairs[(a, b)] for a, b in equivalent],
+            "confidence_back": [d_pairs[(b, a)] for a, b in equivalent],
+        },
+        schema=EQUIVALENT_SCHEMA,
+    )
+    return graph, {
+        "criterion": criterion,
+        "equivalents": equivalents,
+        "dropped_edges": {"equivalent_pairs": len(equivalent), "cycles": dropped_cycle},
+    }
+
+
+def _annotate_nodes(graph: nx.DiGraph, totals: pa.Table) -> None:
+    columns = {name: totals[name].to_numpy() for name in ("frequency", "total_activation")}
+    for extra in ("images", "coverage"):
+        if extra in totals.column_names:
+            columns[extra] = totals[extra].to_numpy()
+    for node in graph.nodes:
+        graph.nodes[node].update({name: values[node].item() for name, values in columns.items()})
 
 
 def families_table(graph: nx.DiGraph) -> pa.Table:
-    edges = sorted(graph.edges(data="confidence"))
-    return pa.table(
-        {
-            "parent": np.array([e[0] for e in edges], dtype=np.int32),
-            "child": np.array([e[1] for e in edges], dtype=np.int32),
-            "confidence": np.array([e[2] for e in edges], dtype=np.float32),
-        },
-        schema=FAMILY_SCHEMA,
-    )
+    edges = sorted(graph.edges(data=True), key=lambda e: (e[0], e[1]))
+    data = {
+        "parent": [e[0] for e in edges],
+        "child": [e[1] for e in edges],
+        **{name: [e[2].get(name) for e in edges] for name in EVIDENCE},
+    }
+    return pa.table(data, schema=FAMILY_SCHEMA)
 
 
 def dag_summary(graph: nx.DiGraph, dropped: dict) -> dict:
     """Families (weakly connected components with an edge), the depth histogram
     (``depth_histogram[d]`` concepts whose longest path from a root has d edges),
-    multi-parent concepts, roots and what the cycle rules dropped."""
+    multi-parent concepts, roots and what the clean-up dropped."""
     depth: dict[int, int] = {}
     for node in nx.topological_sort(graph):
         parents = list(graph.predecessors(node))
@@ -133,13 +289,39 @@ def load_families(path: str | Path) -> nx.DiGraph:
         return nx.read_graphml(path, node_type=int)
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    graph = nx.DiGraph()
-    for parent, child, confidence in zip(
-        *(table[c].to_pylist() for c in ("parent", "child", "confidence")), strict=True
-    ):
-        graph.add_edge(parent, child, confidence=confidence)
-    return graph
+    return family_graph(pq.read_table(path))
+
+
+def _spread(values: list[int]) -> dict:
+    return {"median": float(np.median(values)) if values else 0.0, "max": max(values, default=0)}
+
+
+def family_quality(
+    graph: nx.DiGraph, equivalents: pa.Table, totals: pa.Table, dense_coverage: float
+) -> dict:
+    """``family_quality.json``: edges, direct edges, equivalent pairs, dense concepts (mean
+    share of their images' patches >= ``dense_coverage``), parents and children per concept
+    in a family (all and direct; median, max) and the share of edges that replicate."""
+    direct = [(p, c) for p, c, d in graph.edges(data="direct") if d]
+    direct_graph = nx.DiGraph(direct)
+    direct_graph.add_nodes_from(graph.nodes)
+    nodes = list(graph.nodes)
+    coverage = totals["coverage"].to_numpy()
+    replicating = sum(1 for *_, r in graph.edges(data="replicates") if r)
+    return {
+        "edges": graph.number_of_edges(),
+        "direct_edges": len(direct),
+        "equivalent_pairs": equivalents.num_rows,
+        "dense_concepts": int((coverage >= dense_coverage).sum()),
+        "dense_coverage": dense_coverage,
+        "parents_per_concept": _spread([graph.in_degree(n) for n in nodes]),
+        "children_per_concept": _spread([graph.out_degree(n) for n in nodes]),
+        "direct_parents_per_concept": _spread([direct_graph.in_degree(n) for n in nodes]),
+        "direct_children_per_concept": _spread([direct_graph.out_degree(n) for n in nodes]),
+        "replicating_share": replicating / graph.number_of_edges()
+        if graph.number_of_edges()
+        else 0.0,
+    }
 
 
 def ancestors(graph: nx.DiGraph, concept: int) -> set[int]:

@@ -1,39 +1,51 @@
-"""Training the DINOiser head g (App. B.1): teachers, binarised affinities, the loss of Eq. 2 and the training loop."""
+"""Training the DINOiser head g (App. B.1): teachers, binarised affinities, the loss of Eq. B.2 and the two training recipes.
+
+``release`` trains as CLIP-DINOiser's ``train.py`` does: fresh random 448-px crops of every
+image at every step (flip, brightness jitter 0.5), the predicted cosines clamped at 0
+before the BCE, AdamW, and the learning rate times 0.1 after 5,000 steps. ``cached`` is the
+project's faster reading of App. B.1: CLIP inputs and teacher targets computed once at the
+backbone's native size, Adam at a constant rate, the raw cosines as logits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+import torchvision.transforms as T
 from torch import nn
 
 from insight.core.logs import progress
-from insight.core.sections import DinoiserSettings, TeacherSettings
+from insight.core.sections import DinoiserSettings
 from insight.core.settings import from_settings
 from insight.data.batches import BatchTransform, decoded_batches
 from insight.data.images import DecodePolicy, ImageRef
 from insight.models.backbone import (
-    QKV,
     BackboneSpec,
-    MissingWeightsError,
-    last_block_projection,
     load_clip,
     maskclip_features,
     maskclip_with_block_tokens,
+    patch_grid,
 )
 from insight.models.dinoiser import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
     PUBLISHED_BLOCK,
     AnyDINOiser,
     ClipDINOiserHead,
     DINOiser,
-    cosine_affinity,
 )
+from insight.models.teachers import (
+    CLIP_TEACHER,
+    TeacherSpec,
+    clip_teacher_affinity,
+    load_teacher,
+    teacher_affinity,
+)
+
+RECIPES = ("release", "cached")
 
 
 def affinity_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,106 +53,11 @@ def affinity_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(predicted, target.to(predicted.dtype))
 
 
-CLIP_TEACHER = "clip"
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A DINO teacher built by timm: a model name, ``pretrained`` weights from the hub
-    cache, or a local ``checkpoint`` file; ``overrides`` are timm kwargs (a tiny demo ViT).
-    ``model: clip`` uses the backbone itself (its last block's q/k/v features), for a
-    backbone with no DINO counterpart such as the demo's world-trained CLIP."""
-
-    model: str = "vit_base_patch16_224.dino"
-    pretrained: bool = True
-    checkpoint: str | None = None
-    features: str = "key"
-    overrides: dict = field(default_factory=dict)
-
-
-def load_teacher(
-    spec: TeacherSpec, grid: tuple[int, int], device: torch.device | str = "cpu"
-) -> nn.Module:
-    """Build the timm teacher with an input size giving ``grid`` patches, frozen, in eval mode."""
-    import timm  # deferred: only training needs the teacher
-
-    if spec.features not in ("key", "query", "value"):
-        raise ValueError(
-            f"dinoiser.teacher.features must be key, query or value, got {spec.features!r}"
-        )
-    kwargs = dict(spec.overrides)
-    pretrained = spec.pretrained or bool(spec.checkpoint)
-    if spec.checkpoint:
-        kwargs["pretrained_cfg_overlay"] = {"file": spec.checkpoint}
-    probe = timm.create_model(spec.model, pretrained=False, num_classes=0, **_without_file(kwargs))
-    patch = probe.patch_embed.patch_size
-    kwargs["img_size"] = (grid[0] * patch[0], grid[1] * patch[1])
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a random teacher (demo, tests) is the same in every run
-            teacher = timm.create_model(spec.model, pretrained=pretrained, num_classes=0, **kwargs)
-    except Exception as err:  # hub download failure offline, or a missing local file
-        if not pretrained:
-            raise
-        raise MissingWeightsError(
-            f"could not load DINO teacher weights for {spec.model} ({type(err).__name__}: {err}). "
-            "Offline: download the teacher's weights file (timm/Hugging Face) and set "
-            "dinoiser.teacher.checkpoint to it, or pre-fill the Hugging Face cache (HF_HOME)"
-        ) from err
-    return teacher.to(device).eval().requires_grad_(False)
-
-
-def _without_file(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
-
-
-def clip_teacher_affinity(
-    visual: nn.Module, clip_images: torch.Tensor, features: str = "key"
-) -> torch.Tensor:
-    """Cosine affinities ``(B, N, N)`` of the backbone's own last-block q/k/v features."""
-    return cosine_affinity(last_block_projection(visual, clip_images, features))
-
-
-def teacher_affinity(
-    teacher: nn.Module,
-    clip_images: torch.Tensor,
-    features: str = "key",
-    clip_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
-    clip_std: tuple[float, ...] = OPENAI_CLIP_STD,
-) -> torch.Tensor:
-    """Cosine affinities ``(B, N, N)`` of the teacher's last-block q/k/v patch features.
-
-    ``clip_images`` are CLIP-normalised; they are mapped back to pixels, resized to the
-    teacher's input size and normalised with the teacher's own statistics.
-    """
-    pretrained = teacher.pretrained_cfg
-    device = clip_images.device
-    mean = torch.tensor(clip_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip_std, device=device).view(1, 3, 1, 1)
-    pixels = clip_images.float() * std + mean
-    size = teacher.patch_embed.img_size
-    if tuple(pixels.shape[-2:]) != tuple(size):
-        pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False)
-    t_mean = torch.tensor(pretrained.get("mean", (0.485, 0.456, 0.406)), device=device).view(
-        1, 3, 1, 1
-    )
-    t_std = torch.tensor(pretrained.get("std", (0.229, 0.224, 0.225)), device=device).view(
-        1, 3, 1, 1
-    )
-    captured: list[torch.Tensor] = []
-    hook = teacher.blocks[-1].attn.qkv.register_forward_hook(
-        lambda _m, _i, out: captured.append(out)
-    )
-    try:
-        teacher.forward_features((pixels - t_mean) / t_std)
-    finally:
-        hook.remove()
-    qkv = captured[0]
-    batch, tokens, three_c = qkv.shape
-    which = QKV.index(features)
-    feats = qkv.reshape(batch, tokens, 3, three_c // 3)[:, teacher.num_prefix_tokens :, which]
-    grid = teacher.patch_embed.grid_size
-    return cosine_affinity(feats.transpose(1, 2).reshape(batch, -1, grid[0], grid[1]))
+def affinity_logits(model: AnyDINOiser, inputs: torch.Tensor, recipe: str) -> torch.Tensor:
+    """The logits of Eq. B.2: g's cosines A^phi (Eq. B.1), clamped at 0 under the
+    ``release`` recipe (its ``pred_corrs[pred_corrs < 0] = 0``), raw under ``cached``."""
+    affinity = model.affinity(inputs)
+    return affinity.clamp(min=0.0) if recipe == "release" else affinity
 
 
 @dataclass(frozen=True)
@@ -152,6 +69,10 @@ class DinoiserTrainConfig:
     d_out: int = 64
     seed: int = 0
     head: str = "published"  # CLIP-DINOiser's layout, trained on block -3 tokens; or "paper"
+    recipe: str = "release"  # see the module docstring; or "cached"
+    crop_size: int = 448
+    lr_step_at: int = 5000
+    lr_step_factor: float = 0.1
 
 
 def new_head(config: DinoiserTrainConfig, d_in: int) -> AnyDINOiser:
@@ -169,6 +90,60 @@ def head_inputs(visual: nn.Module, images: torch.Tensor, head: str) -> torch.Ten
     return maskclip_features(visual, images)
 
 
+class HeadFit:
+    """g with its optimiser under ``config.recipe``: AdamW with the rate times
+    ``lr_step_factor`` after ``lr_step_at`` steps (release), or Adam at a constant rate
+    (cached). Created from the width of the first inputs, with ``config.seed``."""
+
+    def __init__(self, config: DinoiserTrainConfig, d_in: int, device: torch.device | str):
+        if config.recipe not in RECIPES:
+            raise ValueError(f"dinoiser.recipe must be one of {RECIPES}, got {config.recipe!r}")
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.model = new_head(config, d_in).to(device)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if config.recipe == "release":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=config.lr
+            )
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, [config.lr_step_at], gamma=config.lr_step_factor
+            )
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.steps = 0
+
+    def step(self, inputs: torch.Tensor, target: torch.Tensor, where: str) -> float:
+        """One optimiser step on a batch; returns its loss."""
+        loss = affinity_loss(affinity_logits(self.model, inputs, self.config.recipe), target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"DINOiser loss is {loss.item()} at {where}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.steps += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def correct_pairs(self, inputs: torch.Tensor, target: torch.Tensor) -> float:
+        """Summed per-image share of pairs whose predicted cosine has the target's sign."""
+        predicted = self.model.affinity(inputs) > 0
+        return (predicted == target).float().mean(dim=(1, 2)).sum().item()
+
+    def metrics(self, loss: float, correct: float, images: int) -> dict:
+        return {
+            "final_loss": loss,
+            "pair_accuracy": correct / images,
+            "images": images,
+            "epochs": self.config.epochs,
+            "recipe": self.config.recipe,
+            "steps": self.steps,
+            "final_lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+
 def train_dinoiser(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -177,7 +152,7 @@ def train_dinoiser(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[AnyDINOiser, dict]:
     """Fit g on cached frozen inputs (App. B.1): what the head reads ``(n, d, h, w)`` (see
-    :func:`head_inputs`) against binarised teacher affinities ``targets (n, N, N)`` with Adam.
+    :func:`head_inputs`) against binarised teacher affinities ``targets (n, N, N)``.
 
     The backbone and teacher are frozen, so their outputs are computed once and the
     epochs iterate over the cache. Returns g and metrics (final loss, pair accuracy).
@@ -187,9 +162,7 @@ def train_dinoiser(
             "train_dinoiser needs the same, non-zero number of feature maps and targets"
         )
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    model = new_head(config, features.shape[1]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    fit = HeadFit(config, features.shape[1], device)
     n = features.shape[0]
     epoch_loss = float("nan")
     for epoch in range(config.epochs):
@@ -198,59 +171,83 @@ def train_dinoiser(
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
             feats = features[idx].to(device, torch.float32)
-            target = targets[idx].to(device)
-            loss = affinity_loss(model.affinity(feats), target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"DINOiser loss is {loss.item()} at epoch {epoch}, batch at {start}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
+            loss = fit.step(feats, targets[idx].to(device), f"epoch {epoch}, batch at {start}")
+            total += loss * len(idx)
         epoch_loss = total / n
         if on_epoch is not None:
             on_epoch(epoch, epoch_loss)
-    with torch.no_grad():
-        correct = 0
+    correct = sum(
+        fit.correct_pairs(
+            features[start : start + config.batch_size].to(device, torch.float32),
+            targets[start : start + config.batch_size].to(device),
+        )
+        for start in range(0, n, config.batch_size)
+    )
+    return fit.model.cpu(), fit.metrics(epoch_loss, correct, n)
+
+
+def release_crops(
+    images: Sequence[torch.Tensor], size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """CLIP-DINOiser's training augmentation after its short-side resize: a random
+    ``size`` x ``size`` crop, a horizontal flip with p = 0.5 and ``ColorJitter(0.5)`` (pixels
+    times a brightness factor drawn from [0.5, 1.5], clipped to [0, 1]), for ``(H, W, 3)``
+    uint8 images whose short side is ``size``; returns ``(B, 3, size, size)`` in [0, 1]."""
+    crops = []
+    for image in images:
+        height, width = image.shape[:2]
+        if min(height, width) < size:
+            raise ValueError(f"release_crops: a {height}x{width} image is smaller than {size}")
+        top = int(torch.randint(height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - size + 1, (1,), generator=generator))
+        crop = image[top : top + size, left : left + size].permute(2, 0, 1).float() / 255.0
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            crop = crop.flip(-1)
+        brightness = 0.5 + float(torch.rand(1, generator=generator))
+        crops.append((crop * brightness).clamp_(0.0, 1.0))
+    return torch.stack(crops)
+
+
+def train_dinoiser_on_crops(
+    images: Sequence[torch.Tensor],
+    inputs_and_targets: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    config: DinoiserTrainConfig,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[AnyDINOiser, dict]:
+    """The ``release`` recipe: every step draws fresh :func:`release_crops` of its images,
+    and ``inputs_and_targets`` (frozen CLIP and teacher, no gradient) turns the crops in
+    [0, 1] into what g reads and the binarised teacher affinities. Pair accuracy is that
+    of the last epoch's crops."""
+    if not images:
+        raise ValueError("train_dinoiser_on_crops needs at least one image")
+    generator = torch.Generator().manual_seed(config.seed)
+    fit: HeadFit | None = None
+    n = len(images)
+    epoch_loss, correct = float("nan"), 0.0
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        total, correct = 0.0, 0.0
         for start in range(0, n, config.batch_size):
-            pred = (
-                model.affinity(
-                    features[start : start + config.batch_size].to(device, torch.float32)
-                )
-                > 0
-            )
-            correct += (
-                (pred == targets[start : start + config.batch_size].to(device))
-                .float()
-                .mean(dim=(1, 2))
-                .sum()
-                .item()
-            )
-    metrics = {
-        "final_loss": epoch_loss,
-        "pair_accuracy": correct / n,
-        "images": n,
-        "epochs": config.epochs,
-    }
-    return model.cpu(), metrics
+            batch = [images[i] for i in order[start : start + config.batch_size]]
+            crops = release_crops(batch, config.crop_size, generator).to(device)
+            with torch.no_grad():
+                inputs, target = inputs_and_targets(crops)
+            inputs = inputs.float()
+            if fit is None:
+                fit = HeadFit(config, inputs.shape[1], device)
+            total += fit.step(inputs, target, f"epoch {epoch}, batch at {start}") * len(batch)
+            correct += fit.correct_pairs(inputs, target)
+        epoch_loss = total / n
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss)
+    assert fit is not None
+    return fit.model.cpu(), fit.metrics(epoch_loss, correct, n)
 
 
 def binarise(affinity: torch.Tensor, threshold: float) -> torch.Tensor:
     """Binarised teacher affinities ``A_xi > threshold`` (App. B.1, gamma = 0.2)."""
     return affinity > threshold
-
-
-def stack_batches(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, targets = zip(*batches, strict=True)
-    return torch.cat(feats), torch.cat(targets)
-
-
-def teacher_spec(settings: TeacherSettings) -> TeacherSpec:
-    """The :class:`TeacherSpec` of the ``dinoiser.teacher`` settings."""
-    return from_settings(TeacherSpec, settings)
 
 
 def dinoiser_train_config(settings: DinoiserSettings) -> DinoiserTrainConfig:
@@ -277,42 +274,76 @@ def train_dinoiser_from_images(
     device: torch.device,
     batch_size: int = 32,
 ) -> tuple[AnyDINOiser, dict]:
-    """App. B.1: cache frozen CLIP features and binarised teacher affinities, then fit g."""
+    """App. B.1 under ``config.recipe``: ``cached`` computes frozen CLIP inputs and binarised
+    teacher affinities once at the backbone's size; ``release`` keeps the images decoded
+    with their short side at ``config.crop_size`` (about 0.8 MB each at 448) and computes
+    both on fresh crops at every step (:func:`train_dinoiser_on_crops`)."""
     model, preprocess, _ = load_clip(spec, device)
-    transform = BatchTransform(preprocess)
     visual = model.visual
     mean, std = visual.preprocess_cfg["mean"], visual.preprocess_cfg["std"]
+    if config.recipe == "release":
+        side = config.crop_size
+        transform = BatchTransform(
+            T.Compose(
+                [
+                    T.Resize(side, interpolation=T.InterpolationMode.BILINEAR),
+                    T.ToTensor(),
+                    T.Normalize(mean, std),
+                ]
+            )
+        )
+        grid = patch_grid(visual, side, side)
+    else:
+        transform = BatchTransform(preprocess)
+        grid = tuple(visual.grid_size)
     if teacher.model == CLIP_TEACHER:
 
         def affinity_of(images: torch.Tensor) -> torch.Tensor:
             return clip_teacher_affinity(visual, images, teacher.features)
     else:
-        teacher_model = load_teacher(teacher, tuple(visual.grid_size), device)
+        teacher_model = load_teacher(teacher, grid, device)
 
         def affinity_of(images: torch.Tensor) -> torch.Tensor:
             return teacher_affinity(teacher_model, images, teacher.features, mean, std)
 
-    features, targets, rejected = [], [], 0
-    bar = progress(len(refs), "teacher affinities", "img")
+    def inputs_and_targets(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = head_inputs(visual, images, config.head).float()
+        return inputs, binarise(affinity_of(images), config.teacher_threshold)
+
+    kept, rejected = [], 0
+    bar = progress(
+        len(refs), "decode" if config.recipe == "release" else "teacher affinities", "img"
+    )
     with torch.no_grad():
-        for good, pixels, bad in decoded_batches(refs, transform, batch_size, policy):
+        step = 1 if config.recipe == "release" else batch_size  # release images differ in size
+        for good, pixels, bad in decoded_batches(refs, transform, step, policy):
             rejected += len(bad)
-            if pixels is not None:
-                images = transform.batch(pixels, device)
-                features.append(head_inputs(visual, images, config.head).float().cpu())
-                affinity = affinity_of(images)
-                targets.append(binarise(affinity, config.teacher_threshold).cpu())
+            if pixels is not None and config.recipe == "release":
+                kept.append(pixels[0])
+            elif pixels is not None:
+                inputs, targets = inputs_and_targets(transform.batch(pixels, device))
+                kept.append((inputs.cpu(), targets.cpu()))
             bar.update(len(good) + len(bad))
     bar.close()
-    if not features:
+    if not kept:
         raise ValueError("no readable image to train the DINOiser on")
-    bar = progress(config.epochs, "train DINOiser", "epoch")
+    bar = progress(config.epochs, f"train DINOiser ({config.recipe})", "epoch")
 
     def on_epoch(epoch: int, loss: float) -> None:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.update(1)
 
-    g, metrics = train_dinoiser(torch.cat(features), torch.cat(targets), config, device, on_epoch)
+    if config.recipe == "release":
+        pixel_mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        pixel_std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+        def crop_inputs(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return inputs_and_targets((crops - pixel_mean) / pixel_std)
+
+        g, metrics = train_dinoiser_on_crops(kept, crop_inputs, config, device, on_epoch)
+    else:
+        inputs, targets = (torch.cat(part) for part in zip(*kept, strict=True))
+        g, metrics = train_dinoiser(inputs, targets, config, device, on_epoch)
     bar.close()
     metrics["rejected_images"] = rejected
     return g, metrics

@@ -230,6 +230,16 @@ def names_table(
     )
 
 
+PARENT_READINGS = ("all", "direct")
+
+
+def naming_parents(families: pa.Table, parents: str) -> pa.Table:
+    """The family edges Eq. B.9 reads: ``all`` of them, or only the ``direct`` ones."""
+    if parents not in PARENT_READINGS:
+        raise ValueError(f"naming.parents must be one of {PARENT_READINGS}, got {parents!r}")
+    return families if parents == "all" else families.filter(families["direct"])
+
+
 def name_concepts(
     sae_path: str | Path,
     families_path: str | Path,
@@ -256,7 +266,7 @@ def name_concepts(
         names = read_concept_names(Path(imported_names_path).parent, sae.config.d_sae)
         return imported_names_table(names or [], groups, frequency)
     w_dec, b_dec = sae.W_dec.double().numpy(), sae.b_dec.double().numpy()
-    families = pq.read_table(families_path)
+    families = naming_parents(pq.read_table(families_path), settings.parents)
     method = settings.method
     weights = None
     if method in ("hierarchy", "release"):

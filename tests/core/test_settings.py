@@ -27,7 +27,8 @@ from insight.core.settings import (
 )
 from insight.demo.clip_training import ClipTrainConfig
 from insight.models.backbone import BackboneSpec
-from insight.models.dinoiser_training import DinoiserTrainConfig, TeacherSpec
+from insight.models.dinoiser_training import DinoiserTrainConfig
+from insight.models.teachers import TeacherSpec
 from insight.sae.model import SAEConfig
 from insight.sae.trainer import TrainConfig
 from insight.tasks.ovs import OVSConfig
@@ -118,7 +119,7 @@ def test_typed_settings_carry_the_schemas_defaults_and_the_files_values(config):
         == schema["properties"]["sae"]["properties"]["encode_chunk"]["default"]
     )
     assert settings.sae.group_ratios == tuple(config["sae"]["group_ratios"])
-    assert settings.dinoiser.teacher.features == "key"
+    assert settings.dinoiser.teacher.features == "value"  # the release's DINO values
     assert settings.ovs.datasets["voc"] == config["ovs"]["datasets"]["voc"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.sae.k = 3  # type: ignore[misc]
@@ -186,6 +187,17 @@ def test_result_view_drops_exactly_the_runtime_keys(config):
     assert set(settings) == {"backbone", "dinoiser.gamma", "features.precision"}
     assert "cache_dir" not in settings["backbone"] and "model" in settings["backbone"]
     assert results_only("sae", settings_from_config(config).sae) == result_view(config, "sae")
+
+
+def test_params_do_not_depend_on_the_order_settings_were_written_in(config):
+    """An override file that restates ``sae.seed`` moves the key to the end of the merged
+    section; the rule's params (compared as text by Snakemake) must not change."""
+    validate_config(config)
+    reordered = {**config, "sae": {k: v for k, v in config["sae"].items() if k != "seed"}}
+    reordered["sae"]["seed"] = config["sae"]["seed"]
+    assert list(reordered["sae"]) != list(config["sae"])
+    assert repr(result_settings(reordered, "sae")) == repr(result_settings(config, "sae"))
+    assert list(result_view(config, "sae")) == sorted(result_view(config, "sae"))
 
 
 def test_section_settings_fills_the_schemas_defaults():

@@ -5,13 +5,11 @@ import torch.nn.functional as F
 from insight.models.dinoiser import DINOiser, guided_pooling, load_dinoiser, save_dinoiser
 from insight.models.dinoiser_training import (
     DinoiserTrainConfig,
-    TeacherSpec,
     affinity_loss,
     binarise,
-    load_teacher,
-    teacher_affinity,
     train_dinoiser,
 )
+from insight.models.teachers import TeacherSpec, load_teacher, teacher_affinity
 
 
 def test_guided_pooling_eq1_by_hand():

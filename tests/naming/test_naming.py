@@ -371,3 +371,34 @@ def test_hnsw_and_flat_agree_on_the_best_term():
     flat = build_index(vectors, "flat").search(queries, 1)[1][:, 0]
     hnsw = build_index(vectors, "hnsw").search(queries, 1)[1][:, 0]
     assert (flat == np.arange(20)).all() and (hnsw == flat).mean() >= 0.95
+
+
+def test_naming_reads_all_or_only_direct_parents():
+    """0 -> 1 -> 2 with the implied 0 -> 2 (D = 0.8, w = 0.5): under ``all`` concept 2's
+    B.9 vector adds 0.8 * 0.5 * W_dec[0], under ``direct`` it does not; nothing else moves."""
+    from insight.naming.names import naming_parents
+
+    families = pa.table(
+        {
+            "parent": pa.array([0, 1, 0], pa.int32()),
+            "child": pa.array([1, 2, 2], pa.int32()),
+            "confidence": pa.array([0.9, 0.95, 0.8], pa.float32()),
+            "direct": [True, True, False],
+        }
+    )
+    weights = pa.table(
+        {
+            "concept": pa.array([0, 1, 1, 2, 2, 2], pa.int32()),
+            "other": pa.array([0, 1, 0, 2, 1, 0], pa.int32()),
+            "weight": [1.0, 1.0, 0.5, 1.0, 0.5, 0.5],
+        }
+    )
+    w_dec, b_dec = np.eye(3), np.zeros(3)
+    every = concept_vectors(w_dec, b_dec, "hierarchy", weights, naming_parents(families, "all"))
+    direct = naming_parents(families, "direct")
+    assert direct.num_rows == 2 and direct["direct"].to_pylist() == [True, True]
+    only = concept_vectors(w_dec, b_dec, "hierarchy", weights, direct)
+    np.testing.assert_allclose(every[2] - only[2], [np.float32(0.8) * 0.5, 0, 0])
+    np.testing.assert_allclose(every[:2], only[:2])
+    with pytest.raises(ValueError, match="naming.parents must be one of"):
+        naming_parents(families, "ancestors")

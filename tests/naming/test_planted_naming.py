@@ -16,8 +16,9 @@ import pytest
 import torch
 from planted import write_shards
 
-from insight.hierarchy.cooccurrence import cooccurrence_table, shards_partial, totals_table
+from insight.hierarchy.cooccurrence import cooccurrence_table, totals_table
 from insight.hierarchy.families import families_table, family_dag
+from insight.hierarchy.streaming import shards_partial
 from insight.naming.names import concept_vectors, names_table, top_patch_weights
 from insight.naming.vocabulary import build_index
 from insight.sae.data import FeatureBatches
@@ -91,7 +92,7 @@ def planted_run(tmp_path_factory):
         concept_paths.append(out)
     partial = shards_partial(concept_paths, 64)
     cooccurrence, totals = cooccurrence_table(partial, 0.05), totals_table(partial)
-    families = families_table(family_dag(cooccurrence, totals, 0.75)[0])
+    families = families_table(family_dag(cooccurrence, totals)[0])
     return sae, concept_paths, cooccurrence, totals, families, parents, residuals, terms, vectors
 
 

@@ -212,3 +212,60 @@ def test_browser_search_toggle_and_image_page_in_chromium(run, chromium, tmp_pat
     assert listed == [[1, 4.0]]
     page.screenshot(path=str(tmp_path / "image.png"))
     assert errors == []
+
+
+def test_direct_edges_by_default_implied_ones_toggled_evidence_on_hover_dense_badged(tmp_path):
+    """0 -> 1 -> 2 with the implied 0 -> 2: concept 0's page lists 1 as its child and 2
+    under the implied edges, concept 2's family figure draws 0 -> 2 dashed in the group
+    the toggle shows,
+    every arrow carries its evidence as an SVG title; concept 0 (coverage 0.8) is badged
+    dense in the index and on its page, concept 1 (0.1) is not."""
+    from insight.views.browser.pages import write_browser
+
+    families = pa.table(
+        {
+            "parent": pa.array([0, 0, 1], pa.int32()),
+            "child": pa.array([1, 2, 2], pa.int32()),
+            "confidence": pa.array([0.9, 0.8, 0.95], pa.float32()),
+            "baseline": pa.array([0.1, 0.2, 0.3], pa.float32()),
+            "lower_bound": pa.array([0.85, 0.7, 0.9], pa.float32()),
+            "lift": pa.array([0.83, 0.62, 0.86], pa.float32()),
+            "images": pa.array([40, 30, 35], pa.int32()),
+            "direct": [True, False, True],
+            "replicates": [True, False, True],
+        }
+    )
+    names = pa.table(
+        {
+            "concept": pa.array([0, 1, 2], pa.int32()),
+            "name": ["thing", "car", "wheel"],
+            "group": pa.array([0, 0, 1], pa.int32()),
+            "frequency": pa.array([90, 40, 20], pa.int64()),
+        }
+    )
+    totals = pa.table({"concept": pa.array([0, 1, 2], pa.int32()), "coverage": [0.8, 0.1, 0.05]})
+    infos = concept_infos(names, families, totals, dense_coverage=0.5)
+    assert (infos[0].children, infos[0].implied_children) == ([1], [2])
+    assert (infos[2].parents, infos[2].implied_parents) == ([1], [0])
+    assert [i.dense for i in infos] == [True, False, False]
+    empty = pa.table(
+        {
+            "concept": pa.array([], pa.int32()),
+            "image_id": pa.array([], pa.string()),
+            "band": pa.array([], pa.string()),
+            "peak": pa.array([], pa.float32()),
+        }
+    )
+    write_browser(infos, empty, {}, families, tmp_path / "browser")
+    page = (tmp_path / "browser/concepts/0.html").read_text()
+    assert 'class="badge"' in page and "implied children: <a" in page
+    assert (
+        "<title>D 0.90 · D0 0.10 · H 0.83 · bound 0.85 · 40 images · replicates on both halves</title>"
+        in page
+    )
+    grandchild = (tmp_path / "browser/concepts/2.html").read_text()  # 0 above 1 above 2
+    assert grandchild.count('<g class="edge">') == 2
+    assert grandchild.count('<g class="edge implied">') == 1
+    assert 'stroke-dasharray="4 3"' in grandchild and 'id="show-implied"' in grandchild
+    index = (tmp_path / "browser/index.html").read_text()
+    assert index.count('<span class="badge">dense</span>') == 1

@@ -328,15 +328,21 @@ def test_demo_family_dag(demo_run):
     import networkx as nx
     import pyarrow.parquet as pq
 
-    from insight.hierarchy.families import load_families
+    from insight.hierarchy.cooccurrence import COOCCURRENCE_SCHEMA
+    from insight.hierarchy.families import FAMILY_SCHEMA, load_families
 
     hierarchy = demo_run / "results/hierarchy"
     cooc = pq.read_table(hierarchy / "cooccurrence.parquet")
-    assert cooc.column_names == ["concept", "other", "confidence"]
+    assert cooc.schema.equals(COOCCURRENCE_SCHEMA)
     assert min(cooc["confidence"].to_pylist()) >= 0.05
     families = pq.read_table(hierarchy / "families.parquet")
-    assert families.column_names == ["parent", "child", "confidence"]
-    assert min(families["confidence"].to_pylist()) >= 0.75
+    assert families.schema.remove_metadata().equals(FAMILY_SCHEMA)
+    quality = json.loads((hierarchy / "family_quality.json").read_text())
+    config = quality["config"]  # the rule's settings, by dotted key
+    edges = families.to_pylist()
+    assert min(e["confidence"] for e in edges) >= config["hierarchy.threshold"]
+    if config["hierarchy.criterion"] == "baseline":
+        assert min(e["lift"] for e in edges) >= config["hierarchy.lift"]
     graph = load_families(hierarchy / "families.graphml")
     assert nx.is_directed_acyclic_graph(graph)
     assert graph.number_of_edges() == families.num_rows
@@ -345,6 +351,10 @@ def test_demo_family_dag(demo_run):
         summary["edges"] == families.num_rows
         and sum(summary["depth_histogram"]) == graph.number_of_nodes()
     )
+    assert quality["edges"] == families.num_rows
+    assert quality["direct_edges"] == sum(e["direct"] for e in edges)
+    assert quality["equivalent_pairs"] == pq.read_table(hierarchy / "equivalents.parquet").num_rows
+    assert quality["direct_children_per_concept"]["max"] <= 50
 
 
 @pytest.mark.slow

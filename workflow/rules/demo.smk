@@ -105,6 +105,8 @@ rule world_recovery:
         dinoiser=dinoiser_weights,
         families=RUN.families,
         names=RUN.names,
+        cooccurrence=RUN.cooccurrence,
+        totals=RUN.totals,
     output:
         "results/demo/world_recovery.json",
     log:
@@ -113,7 +115,12 @@ rule world_recovery:
         ENV
     threads: 2
     params:
-        settings=model_settings(),
+        settings=model_settings(
+            "hierarchy.criterion",
+            "hierarchy.threshold",
+            "hierarchy.lift",
+            "hierarchy.z",
+        ),
         code=script_version("world_recovery"),
     script:
         "../scripts/world_recovery.py"

@@ -48,6 +48,10 @@ rule train_dinoiser:
                     "d_out",
                     "teacher_threshold",
                     "seed",
+                    "recipe",
+                    "crop_size",
+                    "lr_step_at",
+                    "lr_step_factor",
                     "teacher",
                 )
             ),

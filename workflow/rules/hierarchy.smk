@@ -47,7 +47,9 @@ rule cooccurrence:
 
 
 rule family_dag:
-    """Threshold D, invert the edges, resolve cycles: the family DAG (Sec. 3.3)."""
+    """Test D's entries against the criterion, invert the edges, list equivalent pairs,
+    break cycles, mark direct edges: the family DAG (Sec. 3.3) and its quality report.
+    """
     input:
         cooccurrence=RUN.cooccurrence,
         totals=RUN.totals,
@@ -55,12 +57,20 @@ rule family_dag:
         families=RUN.families,
         graphml="results/hierarchy/families.graphml",
         summary="results/hierarchy/families.json",
+        equivalents="results/hierarchy/equivalents.parquet",
+        quality="results/hierarchy/family_quality.json",
     log:
         "logs/family_dag.log",
     conda:
         ENV
     params:
-        threshold=config["hierarchy"]["threshold"],
+        settings=settings_of(
+            "hierarchy.criterion",
+            "hierarchy.threshold",
+            "hierarchy.lift",
+            "hierarchy.z",
+            "hierarchy.dense_coverage",
+        ),
         code=script_version("family_dag"),
     script:
         "../scripts/family_dag.py"

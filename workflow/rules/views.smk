@@ -4,6 +4,7 @@ rule browser:
         weights=backbone_weights,
         names=RUN.names,
         families=RUN.families,
+        totals=RUN.totals,
         concepts=lambda wc: concept_shards(browser_dataset()),
         index=browser_image_index,
     output:
@@ -18,7 +19,7 @@ rule browser:
     conda:
         ENV
     params:
-        settings=settings_of("backbone", "browser"),
+        settings=settings_of("backbone", "browser", "hierarchy.dense_coverage"),
         code=script_version("browser"),
     script:
         "../scripts/browser.py"

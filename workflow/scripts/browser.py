@@ -17,5 +17,7 @@ counts = build_browser(
     settings.browser,
     RUN.thumbnail_cache,
     snakemake.output[0],
+    snakemake.input.totals,
+    settings.hierarchy.dense_coverage,
 )
 log.info("browser: %s", counts)

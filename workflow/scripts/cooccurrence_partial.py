@@ -2,7 +2,7 @@
 
 from insight.core.io import read_json
 from insight.core.provenance import start_job
-from insight.hierarchy.cooccurrence import shards_partial
+from insight.hierarchy.streaming import shards_partial
 
 log = start_job(snakemake)
 d_sae = read_json(snakemake.input.sae)["config"]["d_sae"]

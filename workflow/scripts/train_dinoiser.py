@@ -13,9 +13,9 @@ from insight.models.dinoiser import save_dinoiser
 from insight.models.dinoiser_training import (
     dinoiser_train_config,
     sample_training_images,
-    teacher_spec,
     train_dinoiser_from_images,
 )
+from insight.models.teachers import teacher_spec
 
 log = start_job(snakemake)
 settings = job_settings(snakemake)

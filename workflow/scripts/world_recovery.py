@@ -19,8 +19,11 @@ result = world_recovery(
     snakemake.input.families,
     snakemake.input.names,
     resolve_device(settings.device),
+    criteria=(snakemake.input.cooccurrence, snakemake.input.totals, settings.hierarchy),
 )
 families = result["families"]
+for name, row in result["families_by_criterion"].items():
+    log.info("criterion %s: %s", name, row)
 log.info(
     "%d of the %d most frequent concepts named with world words; %d of %d family edges "
     "mirror a part-of relation (%.1f with shuffled parents, p = %.3f), covering %s",

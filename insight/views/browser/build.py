@@ -30,15 +30,19 @@ def build_browser(
     settings: BrowserSettings,
     cache: str | Path,
     out: str | Path,
+    totals_path: str | Path | None = None,
+    dense_coverage: float = 0.5,
 ) -> dict:
-    """The concept browser (:func:`write_browser`) from the names, the families, the concept
+    """The concept browser (:func:`write_browser`) from the names, the families, the
+    per-concept totals (coverage, the ``dense`` badge at ``dense_coverage``), the concept
     shards of one dataset and, when it has images, their index (for the thumbnails and the
     image pages)."""
     from insight.features.shards import shard_grid
 
     names = pq.read_table(names_path)
     families = pq.read_table(families_path) if families_path else None
-    infos = concept_infos(names, families)
+    totals = pq.read_table(totals_path) if totals_path else None
+    infos = concept_infos(names, families, totals, dense_coverage)
     examples = top_activations(concept_files, settings.images_per_concept, settings.images_per_band)
     histograms = activation_histograms(concept_files)
     thumbnails, pictures, activations, grid = {}, {}, None, None

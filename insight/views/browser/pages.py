@@ -15,7 +15,7 @@ import networkx as nx
 import pyarrow as pa
 
 from insight.core.io import atomic_dir
-from insight.hierarchy.families import family_graph
+from insight.hierarchy.families import direct_edges, evidence_text, family_graph
 from insight.views.browser.queries import QUANTILE_BANDS, ConceptInfo, image_page_data
 from insight.views.browser.thumbnails import IMAGE_PAGE_SIZE, image_page_name, link_or_copy
 from insight.views.heatmaps import concept_label
@@ -93,10 +93,14 @@ def family_svg(
     graph: nx.DiGraph,
     infos: Mapping[int, ConceptInfo],
     limit: int = FAMILY_ROW_LIMIT,
+    implied: nx.DiGraph | None = None,
 ) -> str:
     """The family around a concept as an SVG: grandparents and parents above, children
-    below (the ``limit`` most frequent per row, then a ``+N more`` box), parent -> child
-    arrows from box border to box border labelled with their confidence, nodes as links."""
+    below along ``graph``'s (direct) edges (the ``limit`` most frequent per row, then a
+    ``+N more`` box), parent -> child arrows from box border to box border labelled with
+    their confidence, their evidence on hover, nodes as links. Edges of ``implied`` (the
+    whole family graph) between drawn concepts that ``graph`` lacks are drawn dashed in
+    a group the page's "show implied edges" toggle reveals."""
     if concept not in graph:
         return "<p>This concept belongs to no family.</p>"
     layers, cut = family_layers(concept, graph, infos, limit)
@@ -114,11 +118,22 @@ def family_svg(
             more.append({"x": step * (len(layer) + 0.5), "y": y, "count": extra})
     half = (FAMILY_BOX[0] / 2, FAMILY_BOX[1] / 2)
     arrows = []
-    for a, b in graph.subgraph(position).edges:
+    for a, b, edge in (
+        (implied if implied is not None else graph).subgraph(position).edges(data=True)
+    ):
         x1, y1 = _box_edge(position[a], position[b], half)
         x2, y2 = _box_edge(position[b], position[a], (half[0] + 3, half[1] + 3))
-        confidence = graph.edges[a, b].get("confidence")
-        arrows.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "confidence": confidence})
+        arrows.append(
+            {
+                "x1": x1,
+                "y1": y1,
+                "x2": x2,
+                "y2": y2,
+                "confidence": edge.get("confidence"),
+                "evidence": evidence_text(edge),
+                "implied": not graph.has_edge(a, b),
+            }
+        )
     nodes = [
         {
             "concept": node,
@@ -150,8 +165,8 @@ def _relatives(
     graph: nx.DiGraph,
     by_concept: Mapping[int, ConceptInfo],
 ) -> list[dict]:
-    """A concept's parents (``parent_side``) or children with their edge confidences,
-    most confident first."""
+    """A concept's parents (``parent_side``) or children with their edge confidences and
+    evidence, most confident first."""
     rows = []
     for other in nodes:
         edge = (other, concept) if parent_side else (concept, other)
@@ -161,6 +176,7 @@ def _relatives(
                 "concept": other,
                 "display": info.display if info else concept_label(other, None),
                 "confidence": graph.edges[edge].get("confidence") or float("nan"),
+                "evidence": evidence_text(graph.edges[edge]),
             }
         )
     return sorted(rows, key=lambda r: (-r["confidence"], r["concept"]))
@@ -200,6 +216,7 @@ def _write_concept_pages(
     graph: nx.DiGraph,
 ) -> None:
     """``out/index.html`` and ``out/concepts/{id}.html``."""
+    direct = direct_edges(graph)
     env = environment()
     by_concept = {info.concept: info for info in infos}
     index = env.get_template("index.html.j2").render(
@@ -225,12 +242,18 @@ def _write_concept_pages(
             root="../",
             bands=[(band, label) for band, label, _ in QUANTILE_BANDS],
             histogram=histogram_svg(peak, counts),
-            family=family_svg(info.concept, graph, by_concept),
+            family=family_svg(info.concept, direct, by_concept, implied=graph),
             c={
                 **info.__dict__,
                 "runner_up": list(zip(info.runner_up, scores, strict=False)),
                 "parents": _relatives(info.concept, info.parents, True, graph, by_concept),
                 "children": _relatives(info.concept, info.children, False, graph, by_concept),
+                "implied_parents": _relatives(
+                    info.concept, info.implied_parents, True, graph, by_concept
+                ),
+                "implied_children": _relatives(
+                    info.concept, info.implied_children, False, graph, by_concept
+                ),
                 "examples": examples.get(info.concept, {}),
             },
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from insight.hierarchy.families import family_graph
+from insight.hierarchy.families import direct_edges, family_graph
 from insight.views.heatmaps import concept_label
 
 HISTOGRAM_BINS = 24
@@ -34,16 +34,33 @@ class ConceptInfo:
     children: list[int]
     runner_up_scores: list[float] = field(default_factory=list)
     display: str = ""
+    implied_parents: list[int] = field(default_factory=list)
+    implied_children: list[int] = field(default_factory=list)
+    coverage: float | None = None  # mean share of its images' patches it fires on
+    dense: bool = False
 
     @property
     def dead(self) -> bool:
         return self.frequency == 0
 
 
-def concept_infos(names: pa.Table, families: pa.Table | None) -> list[ConceptInfo]:
-    """One record per concept of ``names.parquet``, with its parents and children and a
-    display name that tells apart concepts sharing a name (``sand #212``)."""
+def concept_infos(
+    names: pa.Table,
+    families: pa.Table | None,
+    totals: pa.Table | None = None,
+    dense_coverage: float = 0.5,
+) -> list[ConceptInfo]:
+    """One record per concept of ``names.parquet``, with its direct parents and children,
+    those only implied by a longer path, its coverage (``totals.parquet``; dense at
+    ``dense_coverage`` or more) and a display name that tells apart concepts sharing a
+    name (``sand #212``)."""
     graph = family_graph(families)
+    direct = direct_edges(graph)
+    coverage = (
+        dict(zip(totals["concept"].to_pylist(), totals["coverage"].to_pylist(), strict=True))
+        if totals is not None
+        else {}
+    )
     shared = Counter(n for n in names["name"].to_pylist() if n)
     infos = []
     for row in names.to_pylist():
@@ -60,10 +77,22 @@ def concept_infos(names: pa.Table, families: pa.Table | None) -> list[ConceptInf
                 frequency=row.get("frequency", 0),
                 score=row.get("score"),
                 runner_up=list(row.get("runner_up") or []),
-                parents=sorted(graph.predecessors(concept)) if inside else [],
-                children=sorted(graph.successors(concept)) if inside else [],
+                parents=sorted(direct.predecessors(concept)) if inside else [],
+                children=sorted(direct.successors(concept)) if inside else [],
                 runner_up_scores=list(row.get("runner_up_scores") or []),
                 display=display,
+                implied_parents=sorted(
+                    set(graph.predecessors(concept)) - set(direct.predecessors(concept))
+                )
+                if inside
+                else [],
+                implied_children=sorted(
+                    set(graph.successors(concept)) - set(direct.successors(concept))
+                )
+                if inside
+                else [],
+                coverage=coverage.get(concept),
+                dense=coverage.get(concept, 0.0) >= dense_coverage,
             )
         )
     return infos

@@ -1,5 +1,6 @@
 // The concept browser: the index (search, sort, dead-concept toggle) and image pages
-// (click a patch to list its concepts; click a concept to draw its heatmap).
+// (click a patch to list its concepts; click a concept to draw its heatmap); concept pages
+// (a toggle shows the family's implied edges).
 (function () {
   const table = document.getElementById("concepts");
   if (table) {
@@ -107,5 +108,13 @@
     }
     showPatch(null);
     if (data.top.length) drawHeat(data.top[0]);
+  }
+
+  const showImplied = document.getElementById("show-implied");
+  if (showImplied) {
+    const family = document.querySelector("svg.family");
+    function toggle() { if (family) family.classList.toggle("with-implied", showImplied.checked); }
+    showImplied.addEventListener("change", toggle);
+    toggle();
   }
 })();
