@@ -14,9 +14,10 @@ Two criteria, one key apart (``hierarchy.criterion``):
 Clean-up, reported rather than hidden (tested in tests/hierarchy/test_hierarchy.py):
 - A pair that passes both ways is ``equivalent``: listed, not an edge, not oriented.
 - Longer cycles are broken greedily: edges are added in descending D and one that would
-  close a cycle is dropped (``dropped_edges``). The result is a DAG by construction.
+  close a cycle is dropped (``dropped_edges``; near-linear, :mod:`insight.hierarchy.dag`).
+  The result is a DAG by construction.
 - Every edge carries ``direct``: false where a longer path implies it (the transitive
-  reduction), and ``replicates``: the criterion also holds on each half of the images
+  reduction, :func:`insight.hierarchy.dag.direct_flags`), and ``replicates``: the criterion also holds on each half of the images
   (even and odd concept shards, reduced separately).
 - A concept that never fires has a zero row of D, so no edges.
 """
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 
 from insight.core.io import atomic_path, write_parquet
 from insight.core.sections import HierarchySettings
+from insight.hierarchy.dag import acyclic_edges, direct_flags
 
 CRITERIA = ("confidence", "baseline")
 
@@ -195,23 +197,14 @@ def family_dag(
     equivalent = sorted((c, p) for p, c in edges if c < p and (c, p) in edges)
     for a, b in equivalent:
         del edges[(a, b)], edges[(b, a)]
-    graph = nx.DiGraph()
     order = sorted(edges, key=lambda e: (-edges[e]["confidence"], e))
-    graph.add_edges_from(order)
-    dropped_cycle = 0
-    if not nx.is_directed_acyclic_graph(graph):  # rare: only then the greedy search per edge
-        graph = nx.DiGraph()
-        for p, c in order:
-            if graph.has_node(c) and graph.has_node(p) and nx.has_path(graph, c, p):
-                dropped_cycle += 1
-                continue
-            graph.add_edge(p, c)
-    for p, c in graph.edges:
-        row = edges[(p, c)]
-        graph.edges[p, c].update({name: row[name] for name in EVIDENCE if name in row})
-    reduced = nx.transitive_reduction(graph)
-    for p, c in graph.edges:
-        graph.edges[p, c]["direct"] = reduced.has_edge(p, c)
+    kept, dropped_cycle = acyclic_edges(order)
+    graph = nx.DiGraph()
+    graph.add_edges_from(
+        (p, c, {name: edges[(p, c)][name] for name in EVIDENCE if name in edges[(p, c)]})
+        for p, c in kept
+    )
+    nx.set_edge_attributes(graph, direct_flags(graph), "direct")
     _annotate_nodes(graph, totals)
     if not nx.is_directed_acyclic_graph(graph):  # impossible by construction; never ship a cycle
         raise RuntimeError("family graph has a cycle")
