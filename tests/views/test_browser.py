@@ -269,3 +269,4 @@ def test_direct_edges_by_default_implied_ones_toggled_evidence_on_hover_dense_ba
     assert 'stroke-dasharray="4 3"' in grandchild and 'id="show-implied"' in grandchild
     index = (tmp_path / "browser/index.html").read_text()
     assert index.count('<span class="badge">dense</span>') == 1
+    assert 'data-search="0 thing dense"' in index  # "dense" finds the dense concepts

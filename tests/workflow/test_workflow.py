@@ -354,7 +354,14 @@ def test_demo_family_dag(demo_run):
     assert quality["edges"] == families.num_rows
     assert quality["direct_edges"] == sum(e["direct"] for e in edges)
     assert quality["equivalent_pairs"] == pq.read_table(hierarchy / "equivalents.parquet").num_rows
-    assert quality["direct_children_per_concept"]["max"] <= 50
+    assert quality["direct_children_per_concept"]["max"] <= quality["children_per_concept"]["max"]
+    by_criterion = json.loads((demo_run / "results/demo/world_recovery.json").read_text())[
+        "families_by_criterion"
+    ]
+    # the most frequent concept is a hub under the paper's rule, not under the baseline
+    # (over SAE seeds 0-3: 481-660 children against 7-19; docs/families.md)
+    hub = {name: row["most_frequent_concept_children"] for name, row in by_criterion.items()}
+    assert hub["baseline"] < 0.1 * hub["confidence"]
 
 
 @pytest.mark.slow
