@@ -314,25 +314,23 @@ def families_by_criterion(
     """Both family criteria on the same D: edges, direct edges, equivalent pairs, the
     children of the most frequent concept, the most direct children of any concept, and
     the planted edges against shuffled parents (:func:`family_recovery`)."""
-    from insight.hierarchy.families import CRITERIA, family_criterion, family_dag
+    from insight.hierarchy.families import CRITERIA, family_criterion, family_dag, family_quality
 
     cooccurrence, totals = pq.read_table(cooccurrence_path), pq.read_table(totals_path)
-    frequency = totals["frequency"].to_numpy()
-    top = int(np.argmax(frequency))
+    top = int(np.argmax(totals["frequency"].to_numpy()))
     out = {}
     for name in CRITERIA:
         criterion = dataclasses.replace(family_criterion(settings), name=name)
         graph, report = family_dag(cooccurrence, totals, criterion)
-        direct = [(p, c) for p, c, d in graph.edges(data="direct") if d]
-        direct_children = np.bincount([p for p, _ in direct], minlength=len(frequency))
+        quality = family_quality(graph, report["equivalents"], totals, settings.dense_coverage)
         recovered = family_recovery(sorted(graph.edges), part, obj)
         out[name] = {
-            "edges": graph.number_of_edges(),
-            "direct_edges": len(direct),
-            "equivalent_pairs": report["equivalents"].num_rows,
+            "edges": quality["edges"],
+            "direct_edges": quality["direct_edges"],
+            "equivalent_pairs": quality["equivalent_pairs"],
             "most_frequent_concept": top,
             "most_frequent_concept_children": graph.out_degree(top) if top in graph else 0,
-            "max_direct_children": int(direct_children.max(initial=0)),
+            "max_direct_children": quality["direct_children_per_concept"]["max"],
             **{
                 key: recovered[key]
                 for key in ("planted_edges", "planted_edges_shuffled_parents", "p_value")

@@ -175,7 +175,7 @@ class CooccurrencePartial:
 
     def confidence(self) -> np.ndarray:
         """Dense D (Eq. 5); rows of concepts that never fire are 0."""
-        return ratio_rows(self.halves[0].numerator + self.halves[1].numerator, self.total)
+        return safe_ratio(self.halves[0].numerator + self.halves[1].numerator, self.total[:, None])
 
     def add(self, other: CooccurrencePartial) -> None:
         for mine, theirs in zip(self.halves, other.halves, strict=True):
@@ -214,11 +214,14 @@ class CooccurrencePartial:
             half.add_tensors(saved, name)
 
 
-def ratio_rows(numerator: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """``numerator / total[:, None]`` with rows of zero total set to 0."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = numerator / total[:, None]
-    out[total == 0] = 0.0
+def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` (broadcast, float64), 0 where the denominator is not
+    positive: a concept that never fires has a zero row of D, a zero D0 and no coverage."""
+    numerator, denominator = np.broadcast_arrays(
+        np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    )
+    out = np.zeros(numerator.shape)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
 
 
@@ -240,7 +243,7 @@ def cooccurrence_table(
     parts: dict[str, list[np.ndarray]] = {name: [] for name in COOCCURRENCE_SCHEMA.names}
     for lo in range(0, partial.d_sae, rows_per_block):
         rows = slice(lo, lo + rows_per_block)
-        d = ratio_rows(even.numerator[rows] + odd.numerator[rows], total[rows])
+        d = safe_ratio(even.numerator[rows] + odd.numerator[rows], total[rows, None])
         np.fill_diagonal(d[:, lo:], 0.0)
         concept, other = np.nonzero(d >= floor) if floor > 0 else np.nonzero(d > 0)
         at = (concept, other)
@@ -248,12 +251,12 @@ def cooccurrence_table(
         parts["other"].append(other)
         parts["confidence"].append(d[at])
         baseline = (even.baseline[rows] + odd.baseline[rows])[at]
-        parts["baseline"].append(_ratio(baseline, total[rows][concept]))
+        parts["baseline"].append(safe_ratio(baseline, total[rows][concept]))
         parts["images"].append((even.pair_images[rows] + odd.pair_images[rows])[at])
         for name, half in zip(HALVES, partial.halves, strict=True):
             half_total = half.total[rows][concept]
-            parts[f"confidence_{name}"].append(_ratio(half.numerator[rows][at], half_total))
-            parts[f"baseline_{name}"].append(_ratio(half.baseline[rows][at], half_total))
+            parts[f"confidence_{name}"].append(safe_ratio(half.numerator[rows][at], half_total))
+            parts[f"baseline_{name}"].append(safe_ratio(half.baseline[rows][at], half_total))
     return pa.table(
         {
             field.name: pa.array(
@@ -263,11 +266,6 @@ def cooccurrence_table(
         },
         schema=COOCCURRENCE_SCHEMA,
     )
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
 
 
 def totals_table(partial: CooccurrencePartial) -> pa.Table:
@@ -281,7 +279,7 @@ def totals_table(partial: CooccurrencePartial) -> pa.Table:
             "total_activation": partial.total,
             "frequency": partial.frequency,
             "images": whole_images,
-            "coverage": _ratio(coverage, whole_images.astype(np.float64)),
+            "coverage": safe_ratio(coverage, whole_images.astype(np.float64)),
             "images_even": partial.halves[0].images,
             "images_odd": partial.halves[1].images,
         },

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from insight.core.io import atomic_path, write_parquet
 from insight.core.sections import HierarchySettings
+from insight.hierarchy.cooccurrence import HALVES, safe_ratio
 from insight.hierarchy.dag import acyclic_edges, direct_flags
 
 CRITERIA = ("confidence", "baseline")
@@ -97,8 +98,7 @@ def wilson_lower_bound(share: np.ndarray, n: np.ndarray, z: float) -> np.ndarray
 
 def lift(lower: np.ndarray, baseline: np.ndarray) -> np.ndarray:
     """``H = (LB - D0) / (1 - D0)``, 0 where D0 = 1."""
-    room = 1.0 - np.asarray(baseline, dtype=np.float64)
-    return np.where(room > 0, (lower - baseline) / np.where(room > 0, room, 1.0), 0.0)
+    return safe_ratio(lower - baseline, 1.0 - np.asarray(baseline, dtype=np.float64))
 
 
 def _passes(
@@ -122,7 +122,7 @@ def edge_evidence(cooccurrence: pa.Table, totals: pa.Table, criterion: FamilyCri
     baseline = table["baseline"].to_numpy().astype(np.float64)
     passed, lower, h = _passes(confidence, baseline, images[child], criterion)
     replicates = np.ones(len(child), dtype=bool)
-    for half in ("even", "odd"):
+    for half in HALVES:
         half_passed, _, _ = _passes(
             table[f"confidence_{half}"].to_numpy().astype(np.float64),
             table[f"baseline_{half}"].to_numpy().astype(np.float64),
@@ -226,10 +226,8 @@ def family_dag(
 
 
 def _annotate_nodes(graph: nx.DiGraph, totals: pa.Table) -> None:
-    columns = {name: totals[name].to_numpy() for name in ("frequency", "total_activation")}
-    for extra in ("images", "coverage"):
-        if extra in totals.column_names:
-            columns[extra] = totals[extra].to_numpy()
+    names = ("frequency", "total_activation", "images", "coverage")
+    columns = {name: totals[name].to_numpy() for name in names}
     for node in graph.nodes:
         graph.nodes[node].update({name: values[node].item() for name, values in columns.items()})
 
@@ -295,15 +293,13 @@ def family_quality(
     """``family_quality.json``: edges, direct edges, equivalent pairs, dense concepts (mean
     share of their images' patches >= ``dense_coverage``), parents and children per concept
     in a family (all and direct; median, max) and the share of edges that replicate."""
-    direct = [(p, c) for p, c, d in graph.edges(data="direct") if d]
-    direct_graph = nx.DiGraph(direct)
-    direct_graph.add_nodes_from(graph.nodes)
+    direct_graph = direct_edges(graph)
     nodes = list(graph.nodes)
     coverage = totals["coverage"].to_numpy()
     replicating = sum(1 for *_, r in graph.edges(data="replicates") if r)
     return {
         "edges": graph.number_of_edges(),
-        "direct_edges": len(direct),
+        "direct_edges": direct_graph.number_of_edges(),
         "equivalent_pairs": equivalents.num_rows,
         "dense_concepts": int((coverage >= dense_coverage).sum()),
         "dense_coverage": dense_coverage,

@@ -1,4 +1,5 @@
-"""Training the DINOiser head g (App. B.1): teachers, binarised affinities, the loss of Eq. B.2 and the two training recipes.
+"""Training the DINOiser head g (App. B.1): binarised teacher affinities
+(:mod:`insight.models.teachers`), the loss of Eq. B.2 and the two training recipes.
 
 ``release`` trains as CLIP-DINOiser's ``train.py`` does: fresh random 448-px crops of every
 image at every step (flip, brightness jitter 0.5), the predicted cosines clamped at 0
@@ -334,11 +335,10 @@ def train_dinoiser_from_images(
         bar.update(1)
 
     if config.recipe == "release":
-        pixel_mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        pixel_std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        pixel_mean, pixel_std = transform.mean.to(device), transform.std.to(device)
 
         def crop_inputs(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return inputs_and_targets((crops - pixel_mean) / pixel_std)
+            return inputs_and_targets((crops - pixel_mean) / pixel_std)  # transform's Normalize
 
         g, metrics = train_dinoiser_on_crops(kept, crop_inputs, config, device, on_epoch)
     else:
