@@ -27,6 +27,7 @@ include: "workflow/rules/interpretability.smk"
 include: "workflow/rules/classification.smk"
 include: "workflow/rules/captioning.smk"
 include: "workflow/rules/views.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:

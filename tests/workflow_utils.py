@@ -78,3 +78,13 @@ def demo_command() -> list[str]:
     """The snakemake part of README's first set-up command, as arguments."""
     first = readme_commands()[0]
     return shlex.split(first.split("&&")[1])
+
+
+def planned_outputs(output: str) -> list[tuple[str, list[str]]]:
+    """Each job of a dry run as (rule, its output paths), in the order listed."""
+    jobs = []
+    for rule, outputs in re.findall(
+        r"^(?:local)?rule (\w+):\n(?:    \w.*\n)*?    output: (.*)$", output, re.M
+    ):
+        jobs.append((rule, [path.strip() for path in outputs.split(",")]))
+    return jobs

@@ -53,6 +53,10 @@ class RunLayout:
         return self.path("hierarchy/families.parquet")
 
     @property
+    def family_quality(self) -> str:
+        return self.path("hierarchy/family_quality.json")
+
+    @property
     def terms(self) -> str:
         return self.path("vocabulary/terms.parquet")
 
@@ -76,6 +80,11 @@ class RunLayout:
     @property
     def names(self) -> str:
         return self.path("naming/names.parquet")
+
+    @property
+    def world_recovery(self) -> str:
+        """What the demo's concepts recovered of its generated world."""
+        return self.path("demo/world_recovery.json")
 
 
 RUN = RunLayout()

@@ -324,4 +324,5 @@ class Settings:
     captioning: CaptioningSettings
     browser: BrowserSettings
     resources: ResourcesSettings
+    variants: dict
     demo: DemoSettings

@@ -131,6 +131,11 @@ def check_cross_keys(settings: Settings) -> None:
             raise ConfigError(
                 head_backbone_mismatch(dinoiser.checkpoint, dinoiser.checkpoint_backbone, backbone)
             )
+    sae = settings.sae
+    if sae.groups and sum(sae.groups) != sae.d_sae:
+        raise ConfigError(
+            f"sae.groups {list(sae.groups)} sum to {sum(sae.groups)}, not sae.d_sae = {sae.d_sae}"
+        )
     if settings.naming.method == "imported" and not settings.sae.checkpoint:
         raise ConfigError(
             "naming.method: imported reads the names shipped with sae.checkpoint, which is not set"
@@ -275,9 +280,44 @@ MODEL_BUNDLE_KEYS = ("backbone", "dinoiser.gamma", "features.precision")
 file (an input): every model job takes ``result_settings(config, *MODEL_BUNDLE_KEYS)``."""
 
 
+# ----- ablation variants (insight.core.variants: which stages each one reruns) ----------
+
+
+def name_of(wildcard: str) -> str | None:
+    """The variant name in a ``{variant}`` wildcard value (``None`` for the default run)."""
+    return wildcard.rsplit("/", 1)[-1] if wildcard else None
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def variant_config(config: dict, name: str | None) -> dict:
+    """The run's ``config`` with variant ``name``'s overrides merged in and validated
+    (defaults filled), less the ``variants`` section; ``None`` gives ``config`` itself."""
+    if not name:
+        return config
+    variants = config.get("variants") or {}
+    if name not in variants:
+        raise ConfigError(f"variants.{name}: no such variant (defined: {', '.join(variants)})")
+    run = {key: value for key, value in config.items() if key != "variants"}
+    merged = _merge(copy.deepcopy(run), variants[name])
+    try:
+        return validate_config(merged)
+    except ConfigError as err:
+        raise ConfigError(f"variants.{name}: {err}") from None
+
+
 def job_settings(job) -> Settings:
-    """The typed settings of a rule's job, from the ``snakemake`` object its script gets."""
-    return settings_from_config(job.config)
+    """The typed settings of a rule's job, from the ``snakemake`` object its script gets:
+    the run's config, with the overrides of the variant in its ``{variant}`` wildcard."""
+    variant = name_of(getattr(job.wildcards, "variant", ""))
+    return settings_from_config(variant_config(job.config, variant))
 
 
 def from_settings(cls: type, section):

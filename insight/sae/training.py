@@ -51,7 +51,8 @@ def train_sae_from_shards(
     device: torch.device,
     checkpoint_dir: str | Path,
 ) -> tuple[MatryoshkaBatchTopKSAE, dict]:
-    """App. B.2: train on the training split of the shards, evaluate on the held-out images.
+    """App. B.2: train on the training split of the shards, evaluate on the held-out images;
+    the report records the ``sae`` settings that change results.
 
     The checkpoint file name is a hash of the config and the inputs, so a changed
     setting never resumes from a stale run; it is removed once training has finished.
@@ -70,7 +71,8 @@ def train_sae_from_shards(
         settings.calibration_fraction,
         settings.batch_images,
     )
-    key = settings_hash([results_only("sae", settings), paths])
+    recorded = results_only("sae", settings)
+    key = settings_hash([recorded, paths])
     checkpoint = Path(checkpoint_dir) / f"sae-{key}.pt"
     trainer = SAETrainer(
         MatryoshkaBatchTopKSAE(config, seed=train.seed), train, data, checkpoint, device
@@ -130,6 +132,7 @@ def train_sae_from_shards(
     trainer.sae.cpu()
     checkpoint.unlink(missing_ok=True)
     return trainer.sae, {
+        "settings": recorded,
         "config": config.to_dict(),
         "training": {**train.__dict__},
         "metrics": metrics,
@@ -144,7 +147,8 @@ def import_sae(
     device: torch.device,
 ) -> tuple[MatryoshkaBatchTopKSAE, dict]:
     """A released dictionary_learning SAE in place of training, evaluated like a trained one
-    on the held-out images; the report records where it came from."""
+    on the held-out images; the report records where it came from and the settings it was
+    evaluated with."""
     from insight.sae.interop import read_dictionary_learning
 
     sae, released_settings = read_dictionary_learning(folder)
@@ -156,6 +160,7 @@ def import_sae(
     heldout = evaluate_heldout(sae, feature_paths, settings, device)
     sae.cpu()
     report = {
+        "settings": results_only("sae", settings),
         "config": sae.config.to_dict(),
         "source": {"format": "dictionary_learning", "path": str(folder), **released_settings},
         "metrics": {"heldout": heldout},

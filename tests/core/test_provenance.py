@@ -9,6 +9,7 @@ from workflow_utils import REPO
 
 from insight.core import provenance
 from insight.core.settings import MODEL_BUNDLE_KEYS, runtime_keys
+from insight.core.variants import DINOISER_TRAINING_KEYS
 
 SCRIPTS = REPO / "workflow/scripts"
 
@@ -190,7 +191,8 @@ def _declared(block: str) -> tuple[set[str], set[str]]:
         return set(), set()
     text = match.group(1)
     declared = set(re.findall(r'"([a-z_.]+)"', text))
-    declared |= {f"dinoiser.{k}" for k in re.findall(r'^\s+"(\w+)",$', text, re.M)}
+    if "DINOISER_TRAINING_KEYS" in text:
+        declared.update(DINOISER_TRAINING_KEYS)
     if "model_settings(" in text or "MODEL_BUNDLE_KEYS" in text:
         declared.update(MODEL_BUNDLE_KEYS)
     left_out = set()

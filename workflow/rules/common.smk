@@ -2,10 +2,11 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the insight package of this checkout
 
-from insight.core.layout import RUN
+from insight.core.layout import RUN, RunLayout
 from insight.core.provenance import script_digest
 from insight.core.settings import (
     MODEL_BUNDLE_KEYS,
@@ -15,20 +16,56 @@ from insight.core.settings import (
     settings_from_config,
     validate_config,
 )
+from insight.core.variants import (
+    DEFAULT_NAME,
+    DINOISER_TRAINING_KEYS,
+    WILDCARD_PATTERN,
+    check_variants,
+    name_of,
+    stage_layout,
+    variant_config,
+    wildcard_of,
+)
 
 try:
     validate_config(config)  # in place: the jobs' config has the schema's defaults
     settings_from_config(
         config
     )  # the typed settings every job builds, checked once here
+    check_variants(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
 
+wildcard_constraints:
+    variant=WILDCARD_PATTERN,
+
+
+OUT = RunLayout("results{variant}")
+"""The output patterns of the rules a variant reruns: ``{variant}`` is empty for the
+default run (``results/``) and ``/variants/NAME`` for a variant."""
+VARIANT_CONFIGS = {
+    None: config,
+    **{name: variant_config(config, name) for name in config["variants"]},
+}
+
+
+def config_of(wildcards):
+    """The config of a job's variant (the run's config for the default run)."""
+    return VARIANT_CONFIGS[name_of(getattr(wildcards, "variant", ""))]
+
+
+def upstream(stage, wildcards):
+    """The layout holding ``stage``'s outputs for a job's variant: its own folder when
+    the variant changes that stage, else the default run's."""
+    return stage_layout(config, getattr(wildcards, "variant", ""), stage)
+
+
 def settings_of(*keys):
     """The settings under the dotted ``keys`` less those the schema marks as changing no
-    output: a rule's ``settings`` param, so only a change of result reruns it."""
-    return result_settings(config, *keys)
+    output, in the job's variant: a rule's ``settings`` param, so only a change of result
+    reruns it."""
+    return lambda wildcards: result_settings(config_of(wildcards), *keys)
 
 
 def model_settings(*keys):
@@ -150,8 +187,9 @@ def shard_count(dataset):
     return json.loads(Path(index).read_text())["shards"]
 
 
-def feature_shards(dataset):
-    """Feature shard paths of a dataset: extracted here, or given by `features:`."""
+def feature_shards(dataset, layout=RUN):
+    """Feature shard paths of a dataset: extracted here (under ``layout``), or given by
+    `features:`."""
     ds = dataset_config(dataset)
     if "features" in ds:
         shards = sorted(Path(ds["features"]).glob("shard-*.parquet"))
@@ -161,7 +199,8 @@ def feature_shards(dataset):
             )
         return [str(p) for p in shards]
     return expand(
-        "results/features/{dataset}/shard-{shard:05d}.parquet",
+        "{root}/features/{dataset}/shard-{shard:05d}.parquet",
+        root=layout.root,
         dataset=dataset,
         shard=range(shard_count(dataset)),
     )
@@ -175,15 +214,16 @@ def shard_ids(dataset):
     ]
 
 
-def feature_shard(dataset, shard):
+def feature_shard(dataset, shard, layout=RUN):
     ds = dataset_config(dataset)
-    folder = ds["features"] if "features" in ds else f"results/features/{dataset}"
+    folder = ds["features"] if "features" in ds else f"{layout.root}/features/{dataset}"
     return f"{folder}/shard-{shard}.parquet"
 
 
-def concept_shards(dataset):
+def concept_shards(dataset, layout=RUN):
     return expand(
-        "results/concepts/{dataset}/shard-{shard}.parquet",
+        "{root}/concepts/{dataset}/shard-{shard}.parquet",
+        root=layout.root,
         dataset=dataset,
         shard=shard_ids(dataset),
     )
@@ -193,10 +233,10 @@ def hierarchy_dataset():
     return config["hierarchy"]["dataset"] or config["train_dataset"]
 
 
-def partial_groups():
+def partial_groups(wildcards):
     """The concept shards of the hierarchy dataset, cut into the partial jobs' groups."""
-    shards = concept_shards(hierarchy_dataset())
-    size = config["hierarchy"]["shards_per_partial"]
+    shards = concept_shards(hierarchy_dataset(), upstream("concepts", wildcards))
+    size = config_of(wildcards)["hierarchy"]["shards_per_partial"]
     return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
@@ -247,7 +287,7 @@ def captioner_settings(*keys):
     """:func:`settings_of` the captioning section (and ``keys``) less the steering study,
     which only caption_steering reads: a new steering target reruns the study, not the
     captioners."""
-    settings = settings_of("captioning", *keys)
+    settings = result_settings(config, "captioning", *keys)
     settings["captioning"] = {
         k: v for k, v in settings["captioning"].items() if k != "steering"
     }
@@ -275,10 +315,11 @@ def captioning_data(wildcards=None):
     return paths
 
 
-def rejected_tables(dataset):
+def rejected_tables(dataset, layout=RUN):
     """The per-shard rejected-image tables of an extracted dataset."""
     return expand(
-        "results/features/{dataset}/rejected/shard-{shard:05d}.parquet",
+        "{root}/features/{dataset}/rejected/shard-{shard:05d}.parquet",
+        root=layout.root,
         dataset=dataset,
         shard=range(shard_count(dataset)),
     )
@@ -295,14 +336,14 @@ def dinoiser_weights(wildcards=None):
     """The DINOiser head a model job reads: the released checkpoint when one is configured
     (then train_dinoiser does not run), else the head train_dinoiser writes; none when the
     DINOiser is disabled."""
-    dinoiser = config["dinoiser"]
+    dinoiser = config_of(wildcards)["dinoiser"]
     if not dinoiser["enabled"]:
         return []
     if dinoiser["checkpoint"]:
         if not Path(dinoiser["checkpoint"]).is_file():
             raise WorkflowError(published_head_missing(dinoiser["checkpoint"]))
         return [dinoiser["checkpoint"]]
-    return [RUN.dinoiser_weights]
+    return [upstream("dinoiser", wildcards).dinoiser_weights]
 
 
 def all_targets():
@@ -327,7 +368,7 @@ def all_targets():
         targets.append("results/browser")
     targets.append("results/report/training_curves.png")
     if demo_world():
-        targets.append("results/demo/world_recovery.json")
+        targets.append(RUN.world_recovery)
         targets.append("results/demo/naming_methods.json")
     return targets
 
@@ -336,3 +377,51 @@ def demo_world():
     """The demo trains its CLIP on the generated world (then the recovery report runs)."""
     pairs = config["clip_training"]["pairs"]
     return bool(pairs) and Path(pairs).is_relative_to(DEMO_CLIP_PAIRS)
+
+
+def check_variant_features():
+    """A variant that changes features needs images: given feature folders cannot follow it."""
+    from insight.core.variants import changed_stages
+
+    for name, overrides in config["variants"].items():
+        if "features" not in changed_stages(overrides):
+            continue
+        for dataset in {config["train_dataset"], hierarchy_dataset()}:
+            if "features" in dataset_config(dataset):
+                raise WorkflowError(
+                    f"variants.{name}: changes the features, but dataset {dataset!r} has "
+                    "only given `features:` (a variant re-extracts from `source:`)"
+                )
+
+
+check_variant_features()
+
+
+def ablation_runs():
+    """The outputs each run (``default`` and every variant) is compared on, by kind: a
+    variant reads the default run's output of every stage it does not change."""
+    if not config["variants"]:
+        raise WorkflowError(
+            "ablations: no variants are configured (`variants:` maps a name to overrides; "
+            "docs/ablations.md)"
+        )
+    runs = {}
+    for name in [None, *config["variants"]]:
+        job = SimpleNamespace(variant=wildcard_of(name))
+        sae, named = upstream("sae", job), upstream("naming", job)
+        paths = {
+            "sae": sae.sae_report,
+            "families": upstream("hierarchy", job).family_quality,
+            "names": named.names,
+        }
+        if config["interpretability"]["datasets"]:
+            paths["interpretability"] = sae.path("interpretability_table.csv")
+        if config["ovs"]["datasets"]:
+            explained = config["ovs"]["explain_images"]
+            paths["ovs"] = (named if explained else sae).path("ovs_table.csv")
+        if config["classification"]["datasets"]:
+            paths["classification"] = named.path("classification_table.csv")
+        if demo_world():
+            paths["world"] = named.world_recovery
+        runs[name or DEFAULT_NAME] = paths
+    return runs

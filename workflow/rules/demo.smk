@@ -101,16 +101,16 @@ rule world_recovery:
     input:
         weights=backbone_weights,
         parts=DEMO_PARTS,
-        sae=RUN.sae_weights,
+        sae=lambda wc: upstream("sae", wc).sae_weights,
         dinoiser=dinoiser_weights,
-        families=RUN.families,
-        names=RUN.names,
-        cooccurrence=RUN.cooccurrence,
-        totals=RUN.totals,
+        families=lambda wc: upstream("hierarchy", wc).families,
+        names=lambda wc: upstream("naming", wc).names,
+        cooccurrence=lambda wc: upstream("hierarchy", wc).cooccurrence,
+        totals=lambda wc: upstream("hierarchy", wc).totals,
     output:
-        "results/demo/world_recovery.json",
+        OUT.world_recovery,
     log:
-        "logs/world_recovery.log",
+        "logs{variant}/world_recovery.log",
     conda:
         ENV
     threads: 2

@@ -23,10 +23,10 @@ rule train_dinoiser:
         weights=backbone_weights,
         index=lambda wc: f"results/images/{dinoiser_dataset()}/index.parquet",
     output:
-        weights=RUN.dinoiser_weights,
-        metrics="results/models/dinoiser.json",
+        weights=OUT.dinoiser_weights,
+        metrics=OUT.path("models/dinoiser.json"),
     log:
-        "logs/train_dinoiser.log",
+        "logs{variant}/train_dinoiser.log",
     conda:
         ENV
     threads: config["features"]["threads"]
@@ -34,28 +34,7 @@ rule train_dinoiser:
         gpu=config["resources"]["gpus"],
         runtime=240,
     params:
-        settings=settings_of(
-            "backbone",
-            "images",
-            *(
-                f"dinoiser.{key}"
-                for key in (
-                    "head",
-                    "images",
-                    "epochs",
-                    "lr",
-                    "batch_size",
-                    "d_out",
-                    "teacher_threshold",
-                    "seed",
-                    "recipe",
-                    "crop_size",
-                    "lr_step_at",
-                    "lr_step_factor",
-                    "teacher",
-                )
-            ),
-        ),
+        settings=settings_of("backbone", "images", *DINOISER_TRAINING_KEYS),
         code=script_version("train_dinoiser"),
     script:
         "../scripts/train_dinoiser.py"
@@ -68,10 +47,10 @@ rule extract_features:
         index="results/images/{dataset}/index.parquet",
         dinoiser=dinoiser_weights,
     output:
-        features="results/features/{dataset}/shard-{shard}.parquet",
-        rejected="results/features/{dataset}/rejected/shard-{shard}.parquet",
+        features=OUT.path("features/{dataset}/shard-{shard}.parquet"),
+        rejected=OUT.path("features/{dataset}/rejected/shard-{shard}.parquet"),
     log:
-        "logs/extract_features/{dataset}/shard-{shard}.log",
+        "logs{variant}/extract_features/{dataset}/shard-{shard}.log",
     wildcard_constraints:
         shard=r"\d{5}",
     conda:

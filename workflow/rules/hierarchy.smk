@@ -1,12 +1,12 @@
 rule cooccurrence_partial:
     """Partial sums of Eq. 5 over one group of concept shards (one job per group)."""
     input:
-        concepts=lambda wc: partial_groups()[int(wc.part)],
-        sae=RUN.sae_report,
+        concepts=lambda wc: partial_groups(wc)[int(wc.part)],
+        sae=lambda wc: upstream("sae", wc).sae_report,
     output:
-        "results/hierarchy/partials/part-{part}.safetensors",
+        OUT.path("hierarchy/partials/part-{part}.safetensors"),
     log:
-        "logs/cooccurrence_partial/part-{part}.log",
+        "logs{variant}/cooccurrence_partial/part-{part}.log",
     wildcard_constraints:
         part=r"\d{5}",
     conda:
@@ -16,7 +16,7 @@ rule cooccurrence_partial:
         mem_mb=config["resources"]["mem_mb_cooccurrence"],
         runtime=60,
     params:
-        min_activation=config["hierarchy"]["min_activation"],
+        min_activation=lambda wc: config_of(wc)["hierarchy"]["min_activation"],
         code=script_version("cooccurrence_partial"),
     script:
         "../scripts/cooccurrence_partial.py"
@@ -26,21 +26,22 @@ rule cooccurrence:
     """Reduce the partials to D (cooccurrence.parquet) and per-concept totals."""
     input:
         partials=lambda wc: expand(
-            "results/hierarchy/partials/part-{part:05d}.safetensors",
-            part=range(len(partial_groups())),
+            "results{variant}/hierarchy/partials/part-{part:05d}.safetensors",
+            variant=wc.variant,
+            part=range(len(partial_groups(wc))),
         ),
-        sae=RUN.sae_report,
+        sae=lambda wc: upstream("sae", wc).sae_report,
     output:
-        cooccurrence=RUN.cooccurrence,
-        totals=RUN.totals,
+        cooccurrence=OUT.cooccurrence,
+        totals=OUT.totals,
     log:
-        "logs/cooccurrence.log",
+        "logs{variant}/cooccurrence.log",
     conda:
         ENV
     resources:
         mem_mb=config["resources"]["mem_mb_cooccurrence"],
     params:
-        floor=config["hierarchy"]["floor"],
+        floor=lambda wc: config_of(wc)["hierarchy"]["floor"],
         code=script_version("cooccurrence"),
     script:
         "../scripts/cooccurrence.py"
@@ -51,16 +52,16 @@ rule family_dag:
     break cycles, mark direct edges: the family DAG (Sec. 3.3) and its quality report.
     """
     input:
-        cooccurrence=RUN.cooccurrence,
-        totals=RUN.totals,
+        cooccurrence=OUT.cooccurrence,
+        totals=OUT.totals,
     output:
-        families=RUN.families,
-        graphml="results/hierarchy/families.graphml",
-        summary="results/hierarchy/families.json",
-        equivalents="results/hierarchy/equivalents.parquet",
-        quality="results/hierarchy/family_quality.json",
+        families=OUT.families,
+        graphml=OUT.path("hierarchy/families.graphml"),
+        summary=OUT.path("hierarchy/families.json"),
+        equivalents=OUT.path("hierarchy/equivalents.parquet"),
+        quality=OUT.family_quality,
     log:
-        "logs/family_dag.log",
+        "logs{variant}/family_dag.log",
     conda:
         ENV
     params:

@@ -2,18 +2,18 @@ rule interpretability:
     """Locality, Consistency, Impurity (App. A.1): INSIGHT and the global-broadcast baseline."""
     input:
         weights=backbone_weights,
-        sae=RUN.sae_weights,
+        sae=lambda wc: upstream("sae", wc).sae_weights,
         dinoiser=dinoiser_weights,
         roots=interpretability_roots,
     output:
         report(
-            "results/interpretability_table.csv",
+            OUT.path("interpretability_table.csv"),
             caption="../report/interpretability_table.rst",
             category="Benchmarks",
             labels={"table": "interpretability (App. A.1)"},
         ),
     log:
-        "logs/interpretability.log",
+        "logs{variant}/interpretability.log",
     conda:
         ENV
     threads: 2

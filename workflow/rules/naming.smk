@@ -53,18 +53,20 @@ rule embed_vocabulary:
 rule name_concepts:
     """Name every concept: Eq. B.9 with its parents (hierarchy), Eq. 6 (decoder) or the release's vector (release)."""
     input:
-        sae=RUN.sae_weights,
-        families=RUN.families,
-        cooccurrence=RUN.cooccurrence,
-        totals=RUN.totals,
+        sae=lambda wc: upstream("sae", wc).sae_weights,
+        families=lambda wc: upstream("hierarchy", wc).families,
+        cooccurrence=lambda wc: upstream("hierarchy", wc).cooccurrence,
+        totals=lambda wc: upstream("hierarchy", wc).totals,
         imported=imported_names,
-        concepts=lambda wc: concept_shards(hierarchy_dataset()),
+        concepts=lambda wc: concept_shards(
+            hierarchy_dataset(), upstream("concepts", wc)
+        ),
         embeddings=RUN.embeddings,
         index=RUN.vocabulary_index,
     output:
-        RUN.names,
+        OUT.names,
     log:
-        "logs/name_concepts.log",
+        "logs{variant}/name_concepts.log",
     conda:
         ENV
     threads: 2

@@ -3,12 +3,14 @@ if not config["sae"]["checkpoint"]:
     rule train_sae:
         """Matryoshka BatchTopK SAE on the training dataset's patch features (App. B.2)."""
         input:
-            features=lambda wc: feature_shards(config["train_dataset"]),
+            features=lambda wc: feature_shards(
+                config["train_dataset"], upstream("features", wc)
+            ),
         output:
-            weights=RUN.sae_weights,
-            metrics=RUN.sae_report,
+            weights=OUT.sae_weights,
+            metrics=OUT.sae_report,
         log:
-            "logs/train_sae.log",
+            "logs{variant}/train_sae.log",
         conda:
             ENV
         threads: 2
@@ -28,12 +30,14 @@ else:
         """A released dictionary_learning SAE in place of training, evaluated on held-out images."""
         input:
             folder=config["sae"]["checkpoint"],
-            features=lambda wc: feature_shards(config["train_dataset"]),
+            features=lambda wc: feature_shards(
+                config["train_dataset"], upstream("features", wc)
+            ),
         output:
-            weights=RUN.sae_weights,
-            metrics=RUN.sae_report,
+            weights=OUT.sae_weights,
+            metrics=OUT.sae_report,
         log:
-            "logs/import_sae.log",
+            "logs{variant}/import_sae.log",
         conda:
             ENV
         threads: 2
@@ -50,12 +54,14 @@ else:
 rule encode_concepts:
     """Sparse concept activations of one feature shard (thresholded SAE codes)."""
     input:
-        features=lambda wc: feature_shard(wc.dataset, wc.shard),
-        sae=RUN.sae_weights,
+        features=lambda wc: feature_shard(
+            wc.dataset, wc.shard, upstream("features", wc)
+        ),
+        sae=lambda wc: upstream("sae", wc).sae_weights,
     output:
-        "results/concepts/{dataset}/shard-{shard}.parquet",
+        OUT.path("concepts/{dataset}/shard-{shard}.parquet"),
     log:
-        "logs/encode_concepts/{dataset}/shard-{shard}.log",
+        "logs{variant}/encode_concepts/{dataset}/shard-{shard}.log",
     wildcard_constraints:
         shard=r"\d{5}",
     conda:
@@ -73,13 +79,13 @@ rule encode_concepts:
 rule concepts_summary:
     """Activations, mean L0 and concepts that fire over a dataset's concept shards."""
     input:
-        concepts=lambda wc: concept_shards(wc.dataset),
-        features=lambda wc: feature_shards(wc.dataset),
-        sae=RUN.sae_report,
+        concepts=lambda wc: concept_shards(wc.dataset, upstream("concepts", wc)),
+        features=lambda wc: feature_shards(wc.dataset, upstream("features", wc)),
+        sae=lambda wc: upstream("sae", wc).sae_report,
     output:
-        "results/concepts/{dataset}/summary.json",
+        OUT.path("concepts/{dataset}/summary.json"),
     log:
-        "logs/concepts_summary/{dataset}.log",
+        "logs{variant}/concepts_summary/{dataset}.log",
     conda:
         ENV
     params:

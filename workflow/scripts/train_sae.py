@@ -3,10 +3,10 @@
 import torch
 
 from insight.core.io import write_json
-from insight.core.layout import RUN
 from insight.core.provenance import start_job
 from insight.core.runtime import resolve_device
 from insight.core.settings import job_settings
+from insight.core.variants import job_layout
 from insight.sae.model import save_sae
 from insight.sae.training import train_sae_from_shards
 
@@ -17,7 +17,7 @@ sae, report = train_sae_from_shards(
     snakemake.input.features,
     settings.sae,
     resolve_device(settings.device),
-    RUN.sae_checkpoints,
+    job_layout(snakemake).sae_checkpoints,
 )
 save_sae(sae, snakemake.output.weights)
 write_json(report, snakemake.output.metrics)
