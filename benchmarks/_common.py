@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import threading
 import time
 from collections.abc import Callable
 
+import psutil
 import torch
 
 
@@ -57,3 +59,28 @@ def parser(doc: str | None, repeats: int = 2) -> argparse.ArgumentParser:
         "--repeats", type=int, default=repeats, help="timed repeats; the best one counts"
     )
     return result
+
+
+class PeakMemory:
+    """Peak RSS above the starting RSS while the block runs."""
+
+    def __enter__(self) -> PeakMemory:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20

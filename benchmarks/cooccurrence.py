@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import psutil
 import pyarrow as pa
-from _common import machine, report
+from _common import PeakMemory, machine, report
 
 from insight.core.io import write_parquet
 from insight.hierarchy.cooccurrence import reduce_partials
@@ -81,31 +79,6 @@ def generate_shards(
         write_parquet(table, path, row_group_size=1_000_000)
         paths.append(path)
     return paths
-
-
-class PeakMemory:
-    """Peak RSS above the starting RSS while the block runs."""
-
-    def __enter__(self) -> PeakMemory:
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.01)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.thread.join()
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def main() -> None:

@@ -139,6 +139,7 @@ class HierarchySettings:
     floor: float
     min_activation: float
     shards_per_partial: int
+    concept_blocks: int
 
 
 @dataclass(frozen=True)

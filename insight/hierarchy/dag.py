@@ -6,7 +6,9 @@ breaking cycles greedily and marking the edges no longer path implies.
   but a cycle can only lie inside one strongly connected component of all the candidate
   edges, so edges between components are kept without a search, and inside a component
   an incremental topological order (Pearce and Kelly, 2006) bounds each search to the
-  part of the order the new edge disturbs.
+  part of the order the new edge disturbs. The order starts from a hint (the family DAG
+  passes the concepts by descending frequency, as a parent fires wherever its child
+  does), so most edges agree with it and cost no search at all.
 - :func:`direct_flags` marks an edge p -> c direct when no other child of p reaches c:
   the transitive reduction, from descendant sets held as bitsets and built once in
   reverse topological order.
@@ -21,10 +23,12 @@ import networkx as nx
 Edge = tuple[Hashable, Hashable]
 
 
-def acyclic_edges(order: Sequence[Edge]) -> tuple[list[Edge], int]:
+def acyclic_edges(order: Sequence[Edge], hint: Sequence[Hashable] = ()) -> tuple[list[Edge], int]:
     """The edges of ``order`` kept by the greedy rule (in order; one closing a cycle with
-    those kept before it is dropped) and the number dropped."""
+    those kept before it is dropped) and the number dropped. ``hint`` lists nodes in the
+    order edges most likely run (parents first): it changes the time, never the result."""
     graph = nx.DiGraph(order)
+    rank = {node: i for i, node in enumerate(dict.fromkeys(hint)) if node in graph}
     component = {}
     for index, members in enumerate(nx.strongly_connected_components(graph)):
         for node in members:
@@ -36,7 +40,7 @@ def acyclic_edges(order: Sequence[Edge]) -> tuple[list[Edge], int]:
         if which != component[child]:
             kept.append((parent, child))
             continue
-        state = inside.setdefault(which, _IncrementalOrder())
+        state = inside.setdefault(which, _IncrementalOrder(rank))
         if state.add(parent, child):
             kept.append((parent, child))
         else:
@@ -49,15 +53,16 @@ class _IncrementalOrder:
     an edge that agrees with the order costs nothing; otherwise only the nodes between
     its ends in the order are searched and reordered."""
 
-    def __init__(self) -> None:
-        self.rank: dict[Hashable, int] = {}
+    def __init__(self, rank: dict[Hashable, int]) -> None:
+        self.rank = rank  # shared by the components: their nodes are disjoint
         self.out: dict[Hashable, list] = {}
         self.into: dict[Hashable, list] = {}
 
     def _node(self, node: Hashable) -> None:
-        if node not in self.rank:
-            self.rank[node] = len(self.rank)
+        if node not in self.out:
             self.out[node], self.into[node] = [], []
+        if node not in self.rank:  # after every hinted node
+            self.rank[node] = len(self.rank) + 2**62
 
     def add(self, parent: Hashable, child: Hashable) -> bool:
         """Add parent -> child unless it closes a cycle; True when added."""

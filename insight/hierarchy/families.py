@@ -198,7 +198,8 @@ def family_dag(
     for a, b in equivalent:
         del edges[(a, b)], edges[(b, a)]
     order = sorted(edges, key=lambda e: (-edges[e]["confidence"], e))
-    kept, dropped_cycle = acyclic_edges(order)
+    by_frequency = totals.sort_by([("frequency", "descending"), ("concept", "ascending")])
+    kept, dropped_cycle = acyclic_edges(order, by_frequency["concept"].to_pylist())
     graph = nx.DiGraph()
     graph.add_edges_from(
         (p, c, {name: edges[(p, c)][name] for name in EVIDENCE if name in edges[(p, c)]})

@@ -18,9 +18,10 @@ from insight.hierarchy.cooccurrence import CooccurrencePartial, HalfSums
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_pairs(numerator, starts, concepts, activations, lo, hi):  # pragma: no cover - compiled
+def _add_pairs(numerator, starts, concepts, activations, lo, hi, offset):  # pragma: no cover
     """For every patch p (rows starts[p]..starts[p+1]) and every concept j in [lo, hi)
-    active on it: numerator[j, j'] += A[j, p] for each concept j' active on p."""
+    active on it: numerator[j - offset, j'] += A[j, p] for each concept j' active on p
+    (``offset``: the first concept of the block the matrix holds)."""
     for p in range(len(starts) - 1):
         begin, end = starts[p], starts[p + 1]
         for a in range(begin, end):
@@ -28,19 +29,30 @@ def _add_pairs(numerator, starts, concepts, activations, lo, hi):  # pragma: no 
             if j < lo or j >= hi:
                 continue
             weight = np.float64(activations[a])
-            row = numerator[j]
+            row = numerator[j - offset]
             for b in range(begin, end):
                 row[concepts[b]] += weight
 
 
 @numba.njit(nogil=True, cache=True)
 def _add_images(
-    baseline, pair_images, images, coverage, image_starts, concepts, activations, grid, lo, hi
+    baseline,
+    pair_images,
+    images,
+    coverage,
+    image_starts,
+    concepts,
+    activations,
+    grid,
+    lo,
+    hi,
+    offset,
 ):  # pragma: no cover - compiled
     """For every image g (rows image_starts[g]..image_starts[g+1]): each concept j in
-    [lo, hi) firing in g adds W_j(g) n_j'(g) / P_g to baseline[j, j'] and 1 to
-    pair_images[j, j'] for each concept j' firing in g (a patch lists a concept once)."""
-    m = baseline.shape[0]
+    [lo, hi) firing in g adds W_j(g) n_j'(g) / P_g to baseline[j - offset, j'] and 1 to
+    pair_images[j - offset, j'] for each concept j' firing in g (a patch lists a concept
+    once)."""
+    m = baseline.shape[1]
     mass = np.zeros(m)
     count = np.zeros(m, dtype=np.int64)
     seen = np.empty(m, dtype=np.int64)
@@ -60,10 +72,11 @@ def _add_images(
             images[j] += 1
             coverage[j] += count[j] / grid
             share = mass[j] / grid
+            row = j - offset
             for y in range(n_seen):
                 other = seen[y]
-                baseline[j, other] += share * count[other]
-                pair_images[j, other] += 1
+                baseline[row, other] += share * count[other]
+                pair_images[row, other] += 1
         for x in range(n_seen):
             mass[seen[x]] = 0.0
             count[seen[x]] = 0
@@ -83,10 +96,12 @@ def accumulate(
     to ``numerator[j, j']`` (j = j' included: the diagonal is the total); every pair in the
     same image adds to ``baseline`` and ``pair_images``.
 
+    Only the rows of ``half.rows`` are summed (one block of concepts; all by default).
     Compiled loops (numba); two threads own disjoint row ranges of the accumulators, split
     so each has about half of the pairs (no races, no atomics).
     """
     m = len(half.total)
+    first, last = half.rows
     if len(concepts) == 0:
         return
     n_patches = int(patch_of_row[-1]) + 1
@@ -96,11 +111,11 @@ def accumulate(
     image_starts = np.concatenate([[0], np.cumsum(np.bincount(image_of_row, minlength=n_images))])
     concepts = np.ascontiguousarray(concepts, dtype=np.int32)
     activations = np.ascontiguousarray(activations, dtype=np.float32)
-    work = np.cumsum(np.bincount(concepts, weights=count[patch_of_row], minlength=m))
-    split = int(np.searchsorted(work, work[-1] / 2))
+    work = np.cumsum(np.bincount(concepts, weights=count[patch_of_row], minlength=m)[first:last])
+    split = first + int(np.searchsorted(work, work[-1] / 2))
 
     def run(lo: int, hi: int) -> None:
-        _add_pairs(half.numerator, starts, concepts, activations, lo, hi)
+        _add_pairs(half.numerator, starts, concepts, activations, lo, hi, first)
         _add_images(
             half.baseline,
             half.pair_images,
@@ -112,10 +127,11 @@ def accumulate(
             float(patches_per_image),
             lo,
             hi,
+            first,
         )
 
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda r: run(*r), [(0, split), (split, m)]))
+        list(pool.map(lambda r: run(*r), [(first, split), (split, last)]))
     half.total += np.bincount(concepts, weights=activations.astype(np.float64), minlength=m)
     half.frequency += np.bincount(concepts, minlength=m)
     half.patches += n_patches
@@ -164,11 +180,13 @@ def shards_partial(
     d_sae: int,
     min_activation: float = 0.0,
     rows_per_batch: int = 1_000_000,
+    rows: tuple[int, int] | None = None,
 ) -> CooccurrencePartial:
     """The partial sums of some concept shards (one partial job), each shard into the half
-    of its number's parity. Each shard streams through DuckDB; an image cut between two
-    batches is carried over to the next one."""
-    partial = CooccurrencePartial.zeros(d_sae)
+    of its number's parity, for the concepts ``rows`` = [lo, hi) (all by default: one
+    block of ``hierarchy.concept_blocks``). Each shard streams through DuckDB; an image cut
+    between two batches is carried over to the next one."""
+    partial = CooccurrencePartial.zeros(d_sae, rows)
     for path in paths:
         half = partial.halves[shard_half(path)]
         grid = shard_grid(path)

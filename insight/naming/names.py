@@ -61,41 +61,70 @@ def top_patch_weights(
 ) -> pa.Table:
     """``w_ia`` for every concept i and every a in {i} and the parents of i (every a that
     fires in those patches when ``families`` is None): the mean activation of a over the
-    ``top`` most activating patches of i (DuckDB, out of core). A concept that fires on
-    fewer than ``top`` patches: ``divide_by="top"`` divides by ``top`` all the same (the
-    release's top-30 includes zeros), ``"active"`` by the patches it fires on."""
+    ``top`` most activating patches of i (DuckDB). A concept that fires on fewer than
+    ``top`` patches: ``divide_by="top"`` divides by ``top`` all the same (the release's
+    top-30 includes zeros), ``"active"`` by the patches it fires on.
+
+    Two passes over the shards, one shard at a time, so memory holds one shard and m x top
+    patches, never every row: the first keeps each concept's running top patches (the top
+    of the union of per-shard tops is the global top, ties broken by image and patch); the
+    second sums the activations found in those patches."""
     if divide_by not in PATCH_DIVISORS:
         raise ValueError(f"naming.patch_divisor must be one of {PATCH_DIVISORS}, not {divide_by!r}")
-    divisor = "$top" if divide_by == "top" else "any_value(c.n)"
     import duckdb
 
     con = duckdb.connect()
+    ranked = "qualify row_number() over (partition by concept order by activation desc, image_id, patch) <= $top"
+    best = None
+    for path in concept_paths:
+        shard = con.sql(
+            f"select concept, image_id, patch, activation from read_parquet($file) {ranked}",
+            params={"file": str(path), "top": top},
+        ).to_arrow_table()
+        if best is not None:
+            con.register("best", best)
+            con.register("shard", shard)
+            shard = con.sql(
+                f"select * from (select * from best union all select * from shard) {ranked}",
+                params={"top": top},
+            ).to_arrow_table()
+        best = shard
+    if best is None:
+        raise ValueError("top_patch_weights needs at least one concept shard")
+    con.register("top_patches", best.select(["concept", "image_id", "patch"]))
     wanted, join_wanted = "", ""  # every a that fires in i's top patches
     if families is not None:  # only i itself and its parents
         con.register("families", families)
-        wanted = """,
-        wanted as (
+        wanted = """
+        , wanted as (
             select child as concept, parent as other from families
-            union select concept, concept from counts
+            union select distinct concept, concept from top_patches
         )"""
         join_wanted = "join wanted w on w.concept = t.concept and w.other = a.concept"
+    sums = [
+        con.sql(
+            f"""
+            with t as (select * from top_patches){wanted}
+            select t.concept, a.concept as other, sum(a.activation::double) as total
+            from t join read_parquet($file) a using (image_id, patch)
+            {join_wanted}
+            group by t.concept, a.concept
+            """,
+            params={"file": str(path)},
+        ).to_arrow_table()
+        for path in concept_paths
+    ]
+    con.register("sums", pa.concat_tables(sums))
+    divisor = "$top" if divide_by == "top" else "any_value(c.n)"
     return con.sql(
         f"""
-        with acts as (select image_id, patch, concept, activation from read_parquet($files)),
-        top_patches as (
-            select concept, image_id, patch from acts
-            qualify row_number() over (partition by concept order by activation desc, image_id, patch) <= $top
-        ),
-        counts as (select concept, count(*) as n from top_patches group by concept){wanted}
-        select t.concept, a.concept as other, sum(a.activation) / {divisor} as weight
-        from top_patches t
-        join acts a using (image_id, patch)
-        {join_wanted}
-        join counts c on c.concept = t.concept
-        group by t.concept, a.concept
-        order by t.concept, a.concept
+        with counts as (select concept, count(*) as n from top_patches group by concept)
+        select s.concept, s.other, sum(s.total) / {divisor} as weight
+        from sums s join counts c on c.concept = s.concept
+        group by s.concept, s.other
+        order by s.concept, s.other
         """,
-        params={"files": [str(p) for p in concept_paths], "top": top},
+        params={"top": top} if divide_by == "top" else {},
     ).to_arrow_table()
 
 

@@ -7,7 +7,9 @@ import pytest
 from insight.core.io import write_parquet
 from insight.hierarchy.cooccurrence import (
     CooccurrencePartial,
+    concept_blocks,
     cooccurrence_table,
+    reduce_blocks,
     reduce_partials,
     totals_table,
 )
@@ -404,3 +406,43 @@ def test_baseline_bound_lift_and_replicates_match_a_dense_oracle(tmp_path, shard
         assert row["replicates"] == replicated
     if shards == 1:  # the odd half holds no image: nothing replicates
         assert not any(row["replicates"] for row in evidence)
+
+
+@pytest.mark.parametrize("blocks", [2, 5, M])
+def test_blocks_of_concepts_give_the_same_tables_as_one_pass(tmp_path, blocks):
+    """Partials of blocks of rows, reduced one block at a time: the same D, D0, images,
+    halves and totals as unblocked partials, and each partial holds only its rows."""
+    a, images, patches = random_activations(seed=3)
+    paths = write_concept_shards(tmp_path, a, images, patches, 3)
+    whole = [tmp_path / f"whole-{i}.safetensors" for i in range(2)]
+    shards_partial(paths[:2], M).save(whole[0])
+    shards_partial(paths[2:], M).save(whole[1])
+    expected = reduce_blocks(whole, M, 0.05)
+    parts = []
+    for lo, hi in concept_blocks(M, blocks):
+        for i, group in enumerate((paths[:2], paths[2:])):
+            partial = shards_partial(group, M, rows_per_batch=5, rows=(lo, hi))
+            assert partial.halves[0].numerator.shape == (hi - lo, M)
+            parts.append(tmp_path / f"part-{i}.block-{lo}.safetensors")
+            partial.save(parts[-1])
+    got = reduce_blocks(parts[::-1], M, 0.05)
+    for want, have in zip(expected, got, strict=True):
+        assert have.schema == want.schema and have.num_rows == want.num_rows
+        keys = [(c, "ascending") for c in ("concept", "other") if c in want.column_names]
+        assert have.sort_by(keys).equals(want.sort_by(keys))
+    np.testing.assert_allclose(
+        reduce_partials(whole, M).confidence(), dense_d(a), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_blocks_must_cover_every_concept_once(tmp_path):
+    a, images, patches = random_activations()
+    paths = write_concept_shards(tmp_path, a, images, patches, 1)
+    shards_partial(paths, M, rows=(0, 5)).save(tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match=r"do not cover concepts 0..12 once"):
+        reduce_blocks([tmp_path / "a.safetensors"], M, 0.05)
+    assert concept_blocks(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    with pytest.raises(ValueError, match="concept_blocks must be in 1..10"):
+        concept_blocks(10, 11)
+    with pytest.raises(ValueError, match="added to one of"):
+        reduce_partials([tmp_path / "a.safetensors"], M)

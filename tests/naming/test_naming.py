@@ -402,3 +402,54 @@ def test_naming_reads_all_or_only_direct_parents():
     np.testing.assert_allclose(every[:2], only[:2])
     with pytest.raises(ValueError, match="naming.parents must be one of"):
         naming_parents(families, "ancestors")
+
+
+@pytest.mark.parametrize("divide_by", ["top", "active"])
+def test_top_patch_weights_stream_shards_to_the_same_weights(tmp_path, divide_by):
+    """Rows cut into shards (images split across them, ties in activation included): the
+    same weights as one shard holding every row, and as a dense numpy oracle."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for image in range(40):
+        for patch in range(4):
+            for concept in rng.choice(8, size=rng.integers(1, 4), replace=False):
+                rows.append((f"img{image:02d}", patch, int(concept), float(rng.integers(1, 6))))
+    columns = list(zip(*rows, strict=True))
+
+    def shard(part, path):
+        table = pa.table(
+            {
+                "image_id": pa.array([columns[0][i] for i in part], pa.string()),
+                "patch": pa.array([columns[1][i] for i in part], pa.int32()),
+                "concept": pa.array([columns[2][i] for i in part], pa.int32()),
+                "activation": pa.array([columns[3][i] for i in part], pa.float32()),
+            },
+            schema=concept_schema("2,2", 8),
+        )
+        write_parquet(table, path)
+        return path
+
+    one = [shard(range(len(rows)), tmp_path / "one.parquet")]
+    cuts = np.array_split(rng.permutation(len(rows)), 3)
+    three = [shard(sorted(c), tmp_path / f"shard-{i}.parquet") for i, c in enumerate(cuts)]
+    whole = top_patch_weights(one, None, 5, divide_by)
+    streamed = top_patch_weights(three, None, 5, divide_by)
+    assert whole["concept"].equals(streamed["concept"]) and whole["other"].equals(streamed["other"])
+    np.testing.assert_allclose(whole["weight"].to_numpy(), streamed["weight"].to_numpy())
+    # the oracle: each concept's top 5 rows by (activation desc, image, patch)
+    at = {(r[0], r[1], r[2]): r[3] for r in rows}
+    for concept in range(8):
+        mine = sorted((-a, i, p) for (i, p, c), a in at.items() if c == concept)[:5]
+        for other in range(8):
+            total = sum(at.get((i, p, other), 0.0) for _, i, p in mine)
+            got = streamed.filter(
+                pa.compute.and_(
+                    pa.compute.equal(streamed["concept"], concept),
+                    pa.compute.equal(streamed["other"], other),
+                )
+            )["weight"].to_pylist()
+            if total == 0:
+                assert got == []
+                continue
+            divisor = 5 if divide_by == "top" else len(mine)
+            assert got == [pytest.approx(total / divisor)]

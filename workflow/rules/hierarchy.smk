@@ -4,11 +4,12 @@ rule cooccurrence_partial:
         concepts=lambda wc: partial_groups(wc)[int(wc.part)],
         sae=lambda wc: upstream("sae", wc).sae_report,
     output:
-        OUT.path("hierarchy/partials/part-{part}.safetensors"),
+        OUT.path("hierarchy/partials/part-{part}.block-{block}.safetensors"),
     log:
-        "logs{variant}/cooccurrence_partial/part-{part}.log",
+        "logs{variant}/cooccurrence_partial/part-{part}.block-{block}.log",
     wildcard_constraints:
         part=r"\d{5}",
+        block=r"\d{3}",
     conda:
         ENV
     threads: 2
@@ -17,6 +18,7 @@ rule cooccurrence_partial:
         runtime=60,
     params:
         min_activation=lambda wc: config_of(wc)["hierarchy"]["min_activation"],
+        settings=settings_of("hierarchy.concept_blocks"),
         code=script_version("cooccurrence_partial"),
     script:
         "../scripts/cooccurrence_partial.py"
@@ -26,9 +28,10 @@ rule cooccurrence:
     """Reduce the partials to D (cooccurrence.parquet) and per-concept totals."""
     input:
         partials=lambda wc: expand(
-            "results{variant}/hierarchy/partials/part-{part:05d}.safetensors",
+            "results{variant}/hierarchy/partials/part-{part:05d}.block-{block:03d}.safetensors",
             variant=wc.variant,
             part=range(len(partial_groups(wc))),
+            block=range(config_of(wc)["hierarchy"]["concept_blocks"]),
         ),
         sae=lambda wc: upstream("sae", wc).sae_report,
     output:
