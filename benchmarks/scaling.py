@@ -57,7 +57,12 @@ STAGES = {
         (3_000_000,),
         {"m": M, "k": K, "concepts_per_image": 150, "shard_rows": SHARD_ROWS},
     ),
-    "family_dag": Stage("edges", (50_000, 150_000, 500_000), (), {"m": 24_576}),
+    "family_dag": Stage(
+        "edges",
+        (50_000, 150_000, 500_000),
+        (),
+        {"m": 24_576, "reversed_share": 0.0035, "reversed_within": 0.667},
+    ),
     "vocabulary": Stage(
         "terms",
         (2_000, 20_000),
@@ -73,7 +78,7 @@ STAGES = {
     "browser": Stage(
         "rows",
         (100_000, 300_000, 1_000_000),
-        (3_000_000,),
+        (3_000_000, 10_000_000),
         {"m": M, "per_concept": 3, "per_band": 3},
     ),
 }
@@ -185,7 +190,9 @@ def setup(name: str, size: int, folder: Path) -> Callable[[], object]:
 
         from insight.hierarchy.families import FamilyCriterion, family_dag
 
-        cooccurrence, totals = candidate_tables(fixed["m"], size, 0.001)
+        cooccurrence, totals = candidate_tables(
+            fixed["m"], size, fixed["reversed_share"], fixed["reversed_within"]
+        )
         return lambda: family_dag(cooccurrence, totals, FamilyCriterion())
     if name == "vocabulary":
         import torch
@@ -219,10 +226,13 @@ def setup(name: str, size: int, folder: Path) -> Callable[[], object]:
         vectors = rng.standard_normal((M, fixed["d"]), dtype=np.float32)
         return lambda: name_vectors(vectors, index, terms)
     if name == "browser":
-        from insight.views.browser.queries import top_activations
+        from insight.views.browser.queries import activation_histograms, top_activations
 
         shards = _concept_shards(folder, size, M)
-        return lambda: top_activations(shards, fixed["per_concept"], fixed["per_band"])
+        return lambda: (
+            top_activations(shards, fixed["per_concept"], fixed["per_band"]),
+            activation_histograms(shards),
+        )
     raise KeyError(name)
 
 

@@ -105,13 +105,20 @@ def template_embeddings(
     terms: list[str],
     encode: Callable[[list[str]], np.ndarray],
     templates: dict[str, tuple[str, ...]],
+    chunk: int = 4096,
 ) -> dict[str, np.ndarray]:
-    """Eq. B.11: for each part of speech p, ``E_p(v)`` = normalise(mean_k normalise(T(tau_k^p(v))))."""
+    """Eq. B.11: for each part of speech p, ``E_p(v)`` = normalise(mean_k normalise(T(tau_k^p(v)))).
+    Terms go ``chunk`` at a time, so memory holds one chunk's prompt embeddings and the
+    output, not every prompt's."""
     out = {}
     for pos, pos_templates in templates.items():
-        prompts = [template.format(term) for term in terms for template in pos_templates]
-        vectors = encode(prompts).reshape(len(terms), len(pos_templates), -1)
-        vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
-        mean = vectors.mean(axis=1)
-        out[pos] = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+        means = []
+        for begin in range(0, len(terms), chunk):
+            some = terms[begin : begin + chunk]
+            prompts = [template.format(term) for term in some for template in pos_templates]
+            vectors = encode(prompts).reshape(len(some), len(pos_templates), -1)
+            vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+            mean = vectors.mean(axis=1)
+            means.append(mean / np.linalg.norm(mean, axis=-1, keepdims=True))
+        out[pos] = np.concatenate(means) if means else np.zeros((0, 0), np.float32)
     return out

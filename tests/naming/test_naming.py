@@ -111,6 +111,26 @@ def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():
     }
 
 
+def test_template_embeddings_in_chunks_equal_all_at_once():
+    rng = np.random.default_rng(1)
+    table = {}
+    calls = []
+
+    def encode(prompts):
+        calls.append(len(prompts))
+        for p in prompts:
+            table.setdefault(p, rng.normal(size=4))
+        return np.stack([table[p] for p in prompts])
+
+    terms = [f"term{i}" for i in range(7)]
+    whole = template_embeddings(terms, encode, RELEASE_TEMPLATES)
+    calls.clear()
+    chunked = template_embeddings(terms, encode, RELEASE_TEMPLATES, chunk=3)
+    assert calls == [30, 30, 10] * 3  # 3, 3 and 1 terms x 10 templates, per part of speech
+    for pos in RELEASE_TEMPLATES:
+        np.testing.assert_array_equal(chunked[pos], whole[pos])
+
+
 def test_vocabulary_union_normalises_and_records_sources(tmp_path):
     (tmp_path / "mine.txt").write_text("Red Car\n  blue   sky \n\nred car\n#comment\n")
     pa_path = tmp_path / "laion.parquet"

@@ -1,5 +1,7 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from conftest import TINY
 from PIL import Image
@@ -7,6 +9,7 @@ from PIL import Image
 from insight.core.io import write_parquet
 from insight.core.settings import section_settings
 from insight.hierarchy.families import family_graph
+from insight.views.browser import queries
 from insight.views.browser.build import build_browser
 from insight.views.browser.pages import family_svg
 from insight.views.browser.queries import (
@@ -270,3 +273,111 @@ def test_direct_edges_by_default_implied_ones_toggled_evidence_on_hover_dense_ba
     index = (tmp_path / "browser/index.html").read_text()
     assert index.count('<span class="badge">dense</span>') == 1
     assert 'data-search="0 thing dense"' in index  # "dense" finds the dense concepts
+
+
+def _random_shards(folder, shards, images_per_shard, m, seed=0, levels=None):
+    """Concept shards of whole images: each patch fires a few random concepts; with
+    ``levels`` the activations take that many values, so peaks tie."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for shard in range(shards):
+        image = np.repeat(np.arange(images_per_shard), 20)
+        patch = np.tile(np.arange(20), images_per_shard)
+        rows = np.repeat(np.arange(len(image)), 3)
+        concept = rng.integers(0, m, len(rows))
+        activation = rng.random(len(rows), dtype=np.float32) + 0.01
+        if levels:
+            activation = np.ceil(activation * levels).astype(np.float32)
+        table = (
+            pa.table(
+                {
+                    "image_id": [f"s{shard}-i{i:04d}" for i in image[rows]],
+                    "patch": pa.array(patch[rows], pa.int32()),
+                    "concept": pa.array(concept, pa.int32()),
+                    "activation": pa.array(activation, pa.float32()),
+                }
+            )
+            .group_by(["image_id", "patch", "concept"])
+            .aggregate([("activation", "max")])
+            .rename_columns(["image_id", "patch", "concept", "activation"])
+        )
+        paths.append(folder / f"shard-{shard:05d}.parquet")
+        write_parquet(table, paths[-1])
+    return paths
+
+
+def _examples_in_memory(files, per_concept, per_band):
+    """The examples as one DuckDB query over every row at once (ranks by peak, then image)."""
+    import duckdb
+
+    bands = " ".join(
+        f"when rank > {per_concept} and rank > floor(n * {q}) and rank <= floor(n * {q}) + {per_band} then '{band}'"
+        for band, _, q in (("q25", "", 0.25), ("q50", "", 0.5), ("q75", "", 0.75))
+    )
+    return duckdb.sql(
+        f"""
+        with rows as (select * from read_parquet({[str(f) for f in files]})),
+        per_image as (select concept, image_id, max(activation) as peak from rows group by all),
+        ranked as (
+            select *, row_number() over (partition by concept order by peak desc, image_id) as rank,
+                   count(*) over (partition by concept) as n from per_image
+        ),
+        chosen as (
+            select *, case when rank <= {per_concept} then 'top' {bands} end as band from ranked
+        )
+        select c.concept, c.image_id, any_value(c.band) as band, any_value(c.peak) as peak,
+               list(r.patch order by r.patch) as patches,
+               list(r.activation order by r.patch) as activations
+        from chosen c join rows r using (concept, image_id) where c.band is not null
+        group by c.concept, c.image_id order by c.concept, any_value(c.rank)
+        """
+    ).fetchall()
+
+
+def test_streamed_examples_equal_the_in_memory_query_with_ties(tmp_path):
+    """Shard by shard, with tied peaks: the same images, bands, order and patch lists as
+    ranking every row at once, while every concept has fewer images than the sample."""
+    files = _random_shards(tmp_path, shards=4, images_per_shard=30, m=12, levels=5)
+    streamed = top_activations(files, per_concept=3, per_band=2)
+    rows = [tuple(r.values()) for r in streamed.to_pylist()]
+    assert rows == [tuple(r) for r in _examples_in_memory(files, 3, 2)]
+    assert {r[2] for r in rows} == {"top", "q25", "q50", "q75"}
+
+
+def test_band_sample_is_the_same_for_any_sharding_and_near_the_true_ranks(tmp_path, monkeypatch):
+    """Concepts on more images than the sample: the bands come from a sample drawn by
+    hash, so one shard or several give the same examples, each within a few percent of
+    its band's rank among all the concept's images."""
+    one, many = tmp_path / "one", tmp_path / "many"
+    one.mkdir(), many.mkdir()
+    files = _random_shards(many, shards=6, images_per_shard=200, m=4)
+    merged = pa.concat_tables(pq.read_table(f) for f in files)
+    write_parquet(merged, one / "shard-00000.parquet")
+    kwargs = {"per_concept": 2, "per_band": 1, "sample": 150}
+    streamed = top_activations(files, **kwargs)
+    assert streamed.equals(top_activations([one / "shard-00000.parquet"], **kwargs))
+    monkeypatch.setattr(queries, "COMPACT_ROWS", 100)  # cut back after every shard
+    assert streamed.equals(top_activations(files, **kwargs))
+    exact = {(r[0], r[1]): r[2] for r in _examples_in_memory(files, per_concept=2, per_band=10_000)}
+    peaks = merged.group_by(["concept", "image_id"]).aggregate([("activation", "max")])
+    for row in streamed.to_pylist():
+        concept = peaks.filter(pc.equal(peaks["concept"], row["concept"]))
+        higher = pc.sum(pc.greater(concept["activation_max"], row["peak"])).as_py()
+        share = (higher + 1) / concept.num_rows
+        if row["band"] == "top":
+            assert exact[(row["concept"], row["image_id"])] == "top"
+        else:
+            assert abs(share - {"q25": 0.25, "q50": 0.5, "q75": 0.75}[row["band"]]) < 0.1
+
+
+def test_streamed_histograms_equal_a_numpy_count(tmp_path):
+    files = _random_shards(tmp_path, shards=3, images_per_shard=20, m=6)
+    rows = pa.concat_tables(pq.read_table(f) for f in files)
+    concept, activation = rows["concept"].to_numpy(), rows["activation"].to_numpy()
+    histograms = activation_histograms(files, bins=5)
+    assert sorted(histograms) == sorted(set(concept.tolist()))
+    for c, (peak, counts) in histograms.items():
+        mine = activation[concept == c]
+        assert peak == mine.max()
+        expected = np.minimum((mine / mine.max() * np.float32(5)).astype(int), 4)
+        assert counts == np.bincount(expected, minlength=5).tolist()
