@@ -22,6 +22,8 @@ from collections.abc import Hashable, Sequence
 import networkx as nx
 import numba
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 Edge = tuple[Hashable, Hashable]
 
@@ -39,12 +41,10 @@ def acyclic_edges(order: Sequence[Edge], hint: Sequence[Hashable] = ()) -> tuple
         ids.setdefault(parent, len(ids))
         ids.setdefault(child, len(ids))
     pairs = np.array([(ids[p], ids[c]) for p, c in order], dtype=np.int64)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(len(ids)))
-    graph.add_edges_from(map(tuple, pairs.tolist()))
-    component = np.empty(len(ids), np.int64)
-    for index, members in enumerate(nx.strongly_connected_components(graph)):
-        component[list(members)] = index
+    candidates = coo_matrix(
+        (np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(ids), len(ids))
+    )
+    _, component = connected_components(candidates, directed=True, connection="strong")
     inside = component[pairs[:, 0]] == component[pairs[:, 1]]
     keep = np.ones(len(pairs), bool)
     if inside.any():

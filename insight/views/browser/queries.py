@@ -115,6 +115,8 @@ EXAMPLE_SCHEMA = pa.schema(
 
 
 BAND_SAMPLE = 1024  # images per concept the quantile bands are read from (all when fewer)
+COMPACT_ROWS = 1 << 20  # (concept, image) rows gathered before the sample is cut back
+UNFILLED = np.iinfo(np.uint64).max  # the priority bound of a concept whose sample is not full
 
 
 def _shard_peaks(path: str) -> pa.Table:
@@ -226,10 +228,6 @@ def top_activations(
         sampled = _sample(sampled, pending, sample).drop_columns(["priority"])
         chosen.append(_bands(sampled, per_concept, per_band))
     return _with_patches(files, _first_band_per_image(pa.concat_tables(chosen)))
-
-
-UNFILLED = np.iinfo(np.uint64).max
-COMPACT_ROWS = 1 << 20  # (concept, image) rows gathered before the sample is cut back
 
 
 def _cutoffs(sampled: pa.Table, size: int) -> np.ndarray:
