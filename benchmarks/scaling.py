@@ -6,13 +6,17 @@ from its own ~150 concepts, so a few concepts are dense in their images), in sha
 100,000 patches: a bigger run has more shards, as the workflow's does. The generation
 is not timed; the stage is, with its peak RSS above the RSS it started at (sampled every
 10 ms). A least-squares line through log(time) against log(size) gives the time exponent
-(1: linear); memory growth is peak(largest) / peak(a tenth of it).
+(1: linear); memory growth is peak(largest) / peak(a tenth of it), and the marginal
+memory the bytes added per unit (row, edge or term) from the smallest size to the largest.
+Stages measured in edges or terms hold their output, which grows with them by nature; the
+summary gives the largest growth over all stages and over the stages measured in rows.
 
     python benchmarks/scaling.py [--stages cooccurrence,family_dag] [--large]
                                  [--plot docs/scaling.png]
 
 One JSON line per stage: ``stage``, ``unit``, ``sizes``, ``seconds``, ``peak_mib``,
-``time_exponent``, ``memory_growth_per_decade`` and the fixed sizes. The last line sums
+``time_exponent``, ``memory_growth_per_decade``, ``marginal_bytes_per_unit`` and the fixed
+sizes. The last line sums
 them up: ``ratio`` is the worst stage's throughput at its largest size over its throughput
 at its smallest (the baseline: the same stage at the smallest size; 1.0 is linear).
 """
@@ -226,7 +230,8 @@ def setup(name: str, size: int, folder: Path) -> Callable[[], object]:
         vectors = rng.standard_normal((M, fixed["d"]), dtype=np.float32)
         return lambda: name_vectors(vectors, index, terms)
     if name == "browser":
-        from insight.views.browser.queries import activation_histograms, top_activations
+        from insight.views.browser.examples import top_activations
+        from insight.views.browser.queries import activation_histograms
 
         shards = _concept_shards(folder, size, M)
         return lambda: (
@@ -287,6 +292,9 @@ def curve(name: str, large: bool) -> dict:
         "peak_mib": [round(p, 1) for p in peaks],
         "time_exponent": round(exponent(sizes, seconds), 3),
         "memory_growth_per_decade": memory_growth(sizes, peaks),
+        "marginal_bytes_per_unit": round(
+            (peaks[-1] - peaks[0]) * 2**20 / max(sizes[-1] - sizes[0], 1), 1
+        ),
         "throughput_ratio": (sizes[-1] / seconds[-1]) / (sizes[0] / seconds[0]),
         **stage.fixed,
     }
@@ -336,6 +344,11 @@ def main() -> None:
         plot(curves, args.plot)
     worst = min(curves, key=lambda c: c["throughput_ratio"])
     growth = [c["memory_growth_per_decade"] for c in curves if c["memory_growth_per_decade"]]
+    in_rows = [
+        c["memory_growth_per_decade"]
+        for c in curves
+        if c["memory_growth_per_decade"] and c["unit"] == "rows"
+    ]
     report(
         {
             "stage": "scaling",
@@ -344,6 +357,12 @@ def main() -> None:
             "worst_stage": worst["stage"],
             "max_time_exponent": max(c["time_exponent"] for c in curves),
             "max_memory_growth_per_decade": round(max(growth), 3) if growth else None,
+            "max_memory_growth_per_decade_of_rows": round(max(in_rows), 3) if in_rows else None,
+            "memory_growth_by_stage": {
+                c["stage"]: round(c["memory_growth_per_decade"], 3)
+                for c in curves
+                if c["memory_growth_per_decade"]
+            },
             "stages": len(curves),
             "total_s": round(time.perf_counter() - start, 1),
             **machine(),

@@ -275,6 +275,7 @@ class BrowserSettings:
     images_per_concept: int
     thumbnail_size: int
     images_per_band: int
+    band_sample: int
     image_pages: int
 
 

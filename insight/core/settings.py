@@ -63,15 +63,16 @@ def config_error_message(error) -> str:
 
 
 @cache
-def _schema_text(path: Path) -> str:
-    return path.read_text()
+def _parsed_schema(path: Path) -> dict:
+    """The schema parsed once per process (read-only: the workflow asks for it per job)."""
+    import yaml
+
+    return yaml.safe_load(path.read_text())
 
 
 def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
     """The workflow's config schema (a fresh copy)."""
-    import yaml
-
-    return yaml.safe_load(_schema_text(Path(schema_path)))
+    return copy.deepcopy(_parsed_schema(Path(schema_path)))
 
 
 def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
@@ -215,13 +216,13 @@ def result_view(config: dict, dotted: str):
     value = config
     for part in dotted.split("."):
         value = value[part]
-    return _results_only(value, _node(load_schema(), dotted))
+    return _results_only(value, _node(_parsed_schema(SCHEMA_PATH), dotted))
 
 
 def runtime_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
     """The dotted keys the schema marks ``affects_results: false`` (whole sections count
     once)."""
-    schema = load_schema() if schema is None else schema
+    schema = _parsed_schema(SCHEMA_PATH) if schema is None else schema
     keys = []
     for key, node in schema.get("properties", {}).items():
         dotted = f"{prefix}{key}"
@@ -255,7 +256,7 @@ def settings_reference(schema: dict | None = None) -> str:
     """Every setting of the schema as a Markdown table: key, type, default, whether it
     changes results (a rule's params, hence reruns), description (``docs/settings-reference.md``
     is this, written by ``insight settings``)."""
-    schema = load_schema() if schema is None else schema
+    schema = _parsed_schema(SCHEMA_PATH) if schema is None else schema
     header = [
         "# Settings reference",
         "",
@@ -331,4 +332,4 @@ def results_only(section: str, settings) -> dict:
     """A typed section as the config's dict (lists, not tuples) less what the schema marks
     as changing no output (what keys a resumable checkpoint, for example)."""
     as_config = json.loads(json.dumps(dataclasses.asdict(settings)))
-    return _results_only(as_config, _node(load_schema(), section))
+    return _results_only(as_config, _node(_parsed_schema(SCHEMA_PATH), section))

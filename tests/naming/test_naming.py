@@ -81,11 +81,17 @@ def test_cache_reads_only_the_rows_asked_for_across_parts_and_row_groups(tmp_pat
     cache.add([f"p{i}" for i in range(10)], first)
     cache.add([f"q{i}" for i in range(5)], second)
     reopened = EmbeddingCache(tmp_path, "m")  # only the keys are loaded
-    assert len(reopened.index) == 15 and pq.ParquetFile(reopened.parts[0]).num_row_groups == 4
+    assert len(reopened) == 15 and pq.ParquetFile(reopened.parts[0]).num_row_groups == 4
+    # the key index: 20 bytes of digest and 8 of (part, row) per prompt, sorted
+    assert reopened.digests.nbytes + reopened.places.nbytes == 15 * 28
+    digests = [bytes(d) for d in reopened.digests]
+    assert digests == sorted(set(digests))
     prompts = ["q4", "p7", "p0", "q0", "p7", "p9"]
     expected = np.stack([{"p": first, "q": second}[p[0]][int(p[1:])] for p in prompts])
     np.testing.assert_array_equal(reopened.get([reopened.key(p) for p in prompts]), expected)
     assert reopened.key("p0") in reopened and reopened.key("zz") not in reopened
+    with pytest.raises(KeyError, match="not in the prompt cache"):
+        reopened.get([reopened.key("p0"), reopened.key("zz")])
 
 
 def test_template_embedding_is_normalised_mean_of_normalised_eq_b11():

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -9,15 +11,11 @@ from PIL import Image
 from insight.core.io import write_parquet
 from insight.core.settings import section_settings
 from insight.hierarchy.families import family_graph
-from insight.views.browser import queries
+from insight.views.browser import examples
 from insight.views.browser.build import build_browser
+from insight.views.browser.examples import top_activations
 from insight.views.browser.pages import family_svg
-from insight.views.browser.queries import (
-    ConceptInfo,
-    activation_histograms,
-    concept_infos,
-    top_activations,
-)
+from insight.views.browser.queries import ConceptInfo, activation_histograms, concept_infos
 
 EVIL = "<script>alert('name')</script>"
 EVIL_IMAGE = "a'><img src=x onerror=alert(1)>.png"
@@ -306,20 +304,45 @@ def _random_shards(folder, shards, images_per_shard, m, seed=0, levels=None):
     return paths
 
 
+def _priority(concept: int, image_id: str) -> int:
+    """The documented tie-break of equal peaks, in Python integers: splitmix64's finaliser
+    of blake2b-8(image) xor concept * 0x9E3779B97F4A7C15."""
+    mask = (1 << 64) - 1
+    x = int.from_bytes(hashlib.blake2b(image_id.encode(), digest_size=8).digest(), "little")
+    x ^= (concept * 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
 def _examples_in_memory(files, per_concept, per_band):
-    """The examples as one DuckDB query over every row at once (ranks by peak, then image)."""
+    """The examples as one DuckDB query over every row at once (ranks by peak, then the
+    tie-break hash)."""
     import duckdb
 
+    connection = duckdb.connect()
+    connection.execute(
+        f"create table rows as select * from read_parquet({[str(f) for f in files]})"
+    )
+    per_image = connection.sql(
+        "select concept, image_id, max(activation) as peak from rows group by all"
+    ).to_arrow_table()
+    priorities = [
+        _priority(c, i)
+        for c, i in zip(
+            per_image["concept"].to_pylist(), per_image["image_id"].to_pylist(), strict=True
+        )
+    ]
+    per_image = per_image.append_column("priority", pa.array(priorities, pa.uint64()))
+    connection.register("per_image", per_image)
     bands = " ".join(
         f"when rank > {per_concept} and rank > floor(n * {q}) and rank <= floor(n * {q}) + {per_band} then '{band}'"
         for band, _, q in (("q25", "", 0.25), ("q50", "", 0.5), ("q75", "", 0.75))
     )
-    return duckdb.sql(
+    return connection.sql(
         f"""
-        with rows as (select * from read_parquet({[str(f) for f in files]})),
-        per_image as (select concept, image_id, max(activation) as peak from rows group by all),
-        ranked as (
-            select *, row_number() over (partition by concept order by peak desc, image_id) as rank,
+        with ranked as (
+            select *, row_number() over (partition by concept order by peak desc, priority) as rank,
                    count(*) over (partition by concept) as n from per_image
         ),
         chosen as (
@@ -356,7 +379,7 @@ def test_band_sample_is_the_same_for_any_sharding_and_near_the_true_ranks(tmp_pa
     kwargs = {"per_concept": 2, "per_band": 1, "sample": 150}
     streamed = top_activations(files, **kwargs)
     assert streamed.equals(top_activations([one / "shard-00000.parquet"], **kwargs))
-    monkeypatch.setattr(queries, "COMPACT_ROWS", 100)  # cut back after every shard
+    monkeypatch.setattr(examples, "COMPACT_ROWS", 100)  # cut back after every shard
     assert streamed.equals(top_activations(files, **kwargs))
     exact = {(r[0], r[1]): r[2] for r in _examples_in_memory(files, per_concept=2, per_band=10_000)}
     peaks = merged.group_by(["concept", "image_id"]).aggregate([("activation", "max")])

@@ -1,8 +1,9 @@
 """A static concept browser (paper Fig. 1, 3, C1-C9), opened from disk with no server and
 no network: ``index.html``, one page per concept, one page per image, and ``assets/``.
 The pages are Jinja2 templates (``insight/views/templates``); every value is escaped.
-Four modules: ``queries`` (what is shown, read with DuckDB), ``thumbnails`` (the cached
-pictures), ``pages`` (the HTML and SVG) and ``build`` (all three from a run's files).
+Five modules: ``queries`` (what is shown, read with DuckDB), ``examples`` (each
+concept's top and quantile-band images, shard by shard), ``thumbnails`` (the cached
+pictures), ``pages`` (the HTML and SVG) and ``build`` (all of them from a run's files).
 
 - The index lists the concepts (thumbnail, id, name, Matryoshka group, frequency, naming
   score, parents, children). Concepts that never fire are hidden until "show" is ticked;

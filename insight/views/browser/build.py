@@ -11,13 +11,9 @@ from insight.core.sections import BrowserSettings
 from insight.data.batches import BatchTransform
 from insight.data.images import ImageRef
 from insight.models.backbone import BackboneSpec, load_clip
+from insight.views.browser.examples import top_activations
 from insight.views.browser.pages import write_browser
-from insight.views.browser.queries import (
-    activation_histograms,
-    concept_infos,
-    image_activations,
-    top_activations,
-)
+from insight.views.browser.queries import activation_histograms, concept_infos, image_activations
 from insight.views.browser.thumbnails import render_pictures, render_thumbnails
 
 
@@ -43,7 +39,9 @@ def build_browser(
     families = pq.read_table(families_path) if families_path else None
     totals = pq.read_table(totals_path) if totals_path else None
     infos = concept_infos(names, families, totals, dense_coverage)
-    examples = top_activations(concept_files, settings.images_per_concept, settings.images_per_band)
+    examples = top_activations(
+        concept_files, settings.images_per_concept, settings.images_per_band, settings.band_sample
+    )
     histograms = activation_histograms(concept_files)
     thumbnails, pictures, activations, grid = {}, {}, None, None
     if index_path and concept_files:

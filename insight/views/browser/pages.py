@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from insight.core.io import atomic_dir
 from insight.hierarchy.families import direct_edges, evidence_text, family_graph
-from insight.views.browser.queries import QUANTILE_BANDS, ConceptInfo, image_page_data
+from insight.views.browser.examples import QUANTILE_BANDS
+from insight.views.browser.queries import ConceptInfo, image_page_data
 from insight.views.browser.thumbnails import IMAGE_PAGE_SIZE, image_page_name, link_or_copy
 from insight.views.heatmaps import concept_label
 
