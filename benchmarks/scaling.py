@@ -16,9 +16,9 @@ summary gives the largest growth over all stages and over the stages measured in
 
 One JSON line per stage: ``stage``, ``unit``, ``sizes``, ``seconds``, ``peak_mib``,
 ``time_exponent``, ``memory_growth_per_decade``, ``marginal_bytes_per_unit`` and the fixed
-sizes. The last line sums
-them up: ``ratio`` is the worst stage's throughput at its largest size over its throughput
-at its smallest (the baseline: the same stage at the smallest size; 1.0 is linear).
+sizes. The last line sums them up: ``ratio`` is the worst stage's throughput at its
+largest size over its throughput at its smallest (the baseline: the same stage at the
+smallest size; 1.0 is linear).
 """
 
 from __future__ import annotations

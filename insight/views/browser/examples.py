@@ -229,16 +229,15 @@ def _with_patches(files: list[str], chosen: pa.Table) -> pa.Table:
             )
             .combine_chunks()
         )
-        order, image = matched["order"].to_numpy(), matched["image"].to_numpy().astype(np.int64)
-        touched = np.unique(order)
-        lowest = np.full(chosen.num_rows, np.iinfo(np.int64).max)
-        highest = np.full(chosen.num_rows, -1)
-        np.minimum.at(lowest, order, image)
-        np.maximum.at(highest, order, image)
-        if (lowest[touched] != highest[touched]).any() or seen[touched].any():
+        # each chosen row must meet one image, in one shard: else two images collided
+        found = np.unique(
+            np.stack([matched["order"].to_numpy(), matched["image"].to_numpy()], axis=1), axis=0
+        )
+        touched = found[:, 0]
+        if (touched[1:] == touched[:-1]).any() or seen[touched].any():
             raise RuntimeError("two images of one concept share a 64-bit priority; rename one")
         names = images.dictionary.to_numpy(zero_copy_only=False)
-        image_ids[touched], seen[touched] = names[lowest[touched]], True
+        image_ids[touched], seen[touched] = names[found[:, 1]], True
         pieces.append(matched.select(["order", "patch", "activation"]))
     rows = pa.concat_tables(pieces).sort_by([("order", "ascending"), ("patch", "ascending")])
     offsets = pa.array(
