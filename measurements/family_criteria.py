@@ -9,7 +9,16 @@ or direct parents), and collects from ``world_recovery.json`` and
 children, planted edges against shuffled parents, and the B.9 names (top-20 world-named,
 part concepts with their own word). Prints a Markdown table and, last, one JSON line.
 
+With ``--sweep``, each seed's SAE and what follows it run once; then, in this process,
+every (``hierarchy.lift``, ``hierarchy.z``) of the grid below builds the baseline's DAG
+from the same D and names the concepts with B.9 (direct and all parents), next to the
+confidence criterion: the settings' frontier between hubs, planted edges and names.
+``--hierarchy-images N`` builds the families from N new scenes (the SAE unchanged) and
+``--override FILE`` sets anything else (e.g. ``sae.d_sae``) for every run.
+
     python measurements/family_criteria.py [--seeds 0 1 2 3] [--scratch /tmp/families]
+    python measurements/family_criteria.py --sweep [--lifts 0.1 0.2 ...] [--zs 1 1.96]
+    python measurements/family_criteria.py --sweep --seeds 0 --hierarchy-images 1000
 """
 
 from __future__ import annotations
@@ -48,12 +57,36 @@ def prepare(scratch: Path) -> None:
     shutil.copytree(ROOT / ".snakemake/metadata", scratch / ".snakemake/metadata")
 
 
-def run(scratch: Path, seed: int, criterion: str, parents: str) -> dict:
-    override = {
+def run(
+    scratch: Path,
+    seed: int,
+    criterion: str,
+    parents: str,
+    images: int | None = None,
+    hierarchy_images: int | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Retrain the SAE with ``seed`` and rerun what follows it under one reading;
+    ``images`` regenerates the world with that many scenes (the SAE trains on them too),
+    ``hierarchy_images`` builds the families from that many new scenes instead, the SAE
+    unchanged; ``extra`` is merged over the overrides (an ``--override`` file)."""
+    override: dict = {
         "sae": {"seed": seed},
         "hierarchy": {"criterion": criterion},
         "naming": {"parents": parents},
+        **({"demo": {"images": images}} if images else {}),
     }
+    if hierarchy_images:
+        from insight.demo.layouts import make_scene_images
+
+        folder = scratch / "results/demo/hierarchy_images"
+        if not folder.exists():
+            make_scene_images(folder, hierarchy_images, seed=1)
+        override["datasets"] = {"hierarchy": {"source": str(folder), "kind": "folder"}}
+        override["encode_datasets"] = ["demo", "hierarchy"]
+        override["hierarchy"]["dataset"] = "hierarchy"
+    for key, value in (extra or {}).items():
+        override[key] = {**override.get(key, {}), **value} if isinstance(value, dict) else value
     (scratch / "override.yaml").write_text(yaml.safe_dump(override))
     start = time.perf_counter()
     with open(scratch / "snakemake.log", "a") as log:
@@ -87,21 +120,137 @@ def run(scratch: Path, seed: int, criterion: str, parents: str) -> dict:
     }
 
 
+def sweep(scratch: Path, seed: int, lifts: list[float], zs: list[float]) -> list[dict]:
+    """Every (lift, z) of the grid (and the confidence criterion) on one seed's D, from
+    the run :func:`run` left in ``scratch``: DAG figures, planted edges and B.9 names."""
+    import dataclasses
+    import os
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from insight.cli import load_config
+    from insight.core.io import write_parquet
+    from insight.core.layout import RunLayout
+    from insight.demo.recovery import (
+        family_recovery,
+        own_word_naming,
+        world_labels,
+        world_named_share,
+    )
+    from insight.hierarchy.families import (
+        families_table,
+        family_criterion,
+        family_dag,
+        family_quality,
+    )
+    from insight.models.frozen import model_bundle
+    from insight.naming.names import concept_names, name_concepts
+
+    os.chdir(scratch)  # the demo's paths are relative to the workflow
+    settings = load_config(["config/demo.yaml", "override.yaml"])
+    run_files = RunLayout("results")
+    dinoiser = settings.dinoiser.checkpoint or run_files.dinoiser_weights
+    part, obj, _ = world_labels(
+        "results/demo/parts",
+        model_bundle(settings, dinoiser if settings.dinoiser.enabled else None),
+        run_files.sae_weights,
+        torch.device("cpu"),
+    )
+    cooccurrence = pq.read_table(run_files.cooccurrence)
+    totals = pq.read_table(run_files.totals)
+    top = int(totals["frequency"].to_numpy().argmax())
+    dataset = settings.hierarchy.dataset or settings.train_dataset
+    shards = sorted(str(p) for p in Path(f"results/concepts/{dataset}").glob("shard-*.parquet"))
+    configured = family_criterion(settings.hierarchy)
+    grid = [dataclasses.replace(configured, name="confidence")] + [
+        dataclasses.replace(configured, name="baseline", lift=h, z=z) for z in zs for h in lifts
+    ]
+    rows = []
+    for criterion in grid:
+        name = criterion.name
+        graph, report = family_dag(cooccurrence, totals, criterion)
+        quality = family_quality(
+            graph, report["equivalents"], totals, settings.hierarchy.dense_coverage
+        )
+        recovered = family_recovery(sorted(graph.edges), part, obj)
+        families = scratch / "sweep-families.parquet"
+        write_parquet(families_table(graph), families)
+        row = {
+            "seed": seed,
+            "criterion": name,
+            "lift": criterion.lift if name == "baseline" else None,
+            "z": criterion.z if name == "baseline" else None,
+            "edges": quality["edges"],
+            "direct_edges": quality["direct_edges"],
+            "top_children": graph.out_degree(top) if top in graph else 0,
+            "max_direct_children": quality["direct_children_per_concept"]["max"],
+            "planted": recovered["planted_edges"],
+            "shuffled": round(recovered["planted_edges_shuffled_parents"], 2),
+        }
+        for parents in ("direct", "all"):
+            names = name_concepts(
+                run_files.sae_weights,
+                families,
+                run_files.totals,
+                shards,
+                run_files.embeddings,
+                run_files.vocabulary_index,
+                dataclasses.replace(settings.naming, parents=parents),
+                run_files.cooccurrence,
+                settings.hierarchy.threshold,
+            )
+            own = own_word_naming(part, concept_names(names))
+            row[f"top20_{parents}"] = world_named_share(names, 20)["world_named"]
+            row[f"own_word_{parents}"] = own["named"]
+            row[f"own_word_shuffled_{parents}"] = round(own["shuffled_names"], 1)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    os.chdir(ROOT)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/insight-family-criteria"))
+    parser.add_argument("--sweep", action="store_true", help="the (lift, z) grid, in process")
+    parser.add_argument("--lifts", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    parser.add_argument("--zs", type=float, nargs="+", default=[1.0, 1.96])
+    parser.add_argument("--images", type=int, help="demo.images: a larger world (default 200)")
+    parser.add_argument(
+        "--hierarchy-images", type=int, help="families from this many new scenes, same SAE"
+    )
+    parser.add_argument("--override", type=Path, help="a YAML file of settings over the demo's")
     args = parser.parse_args()
+    extra = yaml.safe_load(args.override.read_text()) if args.override else None
     if not (ROOT / "results/demo/world_recovery.json").exists():
         sys.exit("run the demo first: snakemake --cores 2 --configfile config/demo.yaml")
     rows = []
+    if args.sweep:
+        for seed in args.seeds:
+            scratch = args.scratch / f"seed-{seed}"
+            prepare(scratch)
+            run(scratch, seed, "confidence", "direct", args.images, args.hierarchy_images, extra)
+            rows += sweep(scratch, seed, args.lifts, args.zs)
+        summary = {
+            "measurement": "family_settings",
+            "seeds": args.seeds,
+            "images": args.images,
+            "hierarchy_images": args.hierarchy_images,
+            "override": extra,
+        }
+        print(json.dumps({**summary, "rows": rows}))
+        return
     for seed in args.seeds:
         scratch = args.scratch / f"seed-{seed}"
         prepare(scratch)
         for reading, (criterion, parents) in READINGS.items():
-            result = run(scratch, seed, criterion, parents)
+            result = run(
+                scratch, seed, criterion, parents, args.images, args.hierarchy_images, extra
+            )
             rows.append({"seed": seed, "reading": reading, **result})
             print(f"seed {seed}, {reading}: {json.dumps(result)}", flush=True)
     print(

@@ -245,6 +245,30 @@ def is_world_name(name: str | None) -> bool:
     return name is not None and any(token in words for token in name.split())
 
 
+def world_labels(
+    parts_root: str | Path, frozen: FrozenSpec, sae_path: str | Path, device: torch.device
+) -> tuple[list[str | None], list[str | None], int]:
+    """Each concept's part and object (:func:`concept_labels`) from its codes on the
+    world's part-annotated scenes, and the number of scenes read."""
+    from insight.tasks.interpretability import part_pairs
+
+    models = load_frozen(frozen, device)
+    sae = load_sae(sae_path).to(device)
+    size = tuple(models.model.visual.image_size)
+    grid = tuple(models.model.visual.grid_size)
+    stats = LabelStats.zeros(sae.config.d_sae)
+    pairs = part_pairs("partimagenet", parts_root)
+    bar = progress(len(pairs), "world recovery", "img")
+    for _, image_path, label_path in pairs:
+        part_map = read_label_map(label_path, size)
+        with torch.no_grad():
+            codes = sae.encode(models.encoder(squashed_input(image_path, models, device))[0])
+        stats.add(codes.cpu().numpy(), patch_labels(part_map, grid))
+        bar.update(1)
+    bar.close()
+    return (*concept_labels(stats), len(pairs))
+
+
 def world_recovery(
     parts_root: str | Path,
     frozen: FrozenSpec,
@@ -263,23 +287,8 @@ def world_recovery(
     criterion (:func:`families_by_criterion`). Concept labels come from the thresholded
     codes on the world's part-annotated scenes."""
     from insight.hierarchy.families import load_families
-    from insight.tasks.interpretability import part_pairs
 
-    models = load_frozen(frozen, device)
-    sae = load_sae(sae_path).to(device)
-    size = tuple(models.model.visual.image_size)
-    grid = tuple(models.model.visual.grid_size)
-    stats = LabelStats.zeros(sae.config.d_sae)
-    pairs = part_pairs("partimagenet", parts_root)
-    bar = progress(len(pairs), "world recovery", "img")
-    for _, image_path, label_path in pairs:
-        part_map = read_label_map(label_path, size)
-        with torch.no_grad():
-            codes = sae.encode(models.encoder(squashed_input(image_path, models, device))[0])
-        stats.add(codes.cpu().numpy(), patch_labels(part_map, grid))
-        bar.update(1)
-    bar.close()
-    part, obj = concept_labels(stats)
+    part, obj, images = world_labels(parts_root, frozen, sae_path, device)
     names = pq.read_table(names_path, columns=["concept", "name", "frequency"])
     naming = world_named_share(names, top_concepts)
     naming["concepts"] = [
@@ -295,7 +304,7 @@ def world_recovery(
         naming[f"{kind}_concepts_own_word"] = own_word_naming(labels, name_of)
     edges = sorted(load_families(families_path).edges)
     result = {
-        "images": len(pairs),
+        "images": images,
         "naming": naming,
         "families": family_recovery(edges, part, obj, name_of),
     }
