@@ -17,7 +17,7 @@ confidence criterion: the settings' frontier between hubs, planted edges and nam
 ``--override FILE`` sets anything else (e.g. ``sae.d_sae``) for every run.
 
     python measurements/family_criteria.py [--seeds 0 1 2 3] [--scratch /tmp/families]
-    python measurements/family_criteria.py --sweep [--lifts 0.1 0.2 ...] [--zs 1 1.96]
+    python measurements/family_criteria.py --sweep [--lifts 0.2 0.3 ...] [--zs 1 1.96]
     python measurements/family_criteria.py --sweep --seeds 0 --hierarchy-images 1000
 """
 
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/insight-family-criteria"))
     parser.add_argument("--sweep", action="store_true", help="the (lift, z) grid, in process")
-    parser.add_argument("--lifts", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    parser.add_argument("--lifts", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--zs", type=float, nargs="+", default=[1.0, 1.96])
     parser.add_argument("--images", type=int, help="demo.images: a larger world (default 200)")
     parser.add_argument(
