@@ -146,14 +146,14 @@ def sweep(scratch: Path, seed: int, lifts: list[float], zs: list[float]) -> list
     )
     from insight.models.frozen import model_bundle
     from insight.naming.names import concept_names, name_concepts
+    from insight.views.run import run_dinoiser
 
     os.chdir(scratch)  # the demo's paths are relative to the workflow
     settings = load_config(["config/demo.yaml", "override.yaml"])
     run_files = RunLayout("results")
-    dinoiser = settings.dinoiser.checkpoint or run_files.dinoiser_weights
     part, obj, _ = world_labels(
         "results/demo/parts",
-        model_bundle(settings, dinoiser if settings.dinoiser.enabled else None),
+        model_bundle(settings, run_dinoiser(settings, run_files)),
         run_files.sae_weights,
         torch.device("cpu"),
     )
@@ -166,6 +166,7 @@ def sweep(scratch: Path, seed: int, lifts: list[float], zs: list[float]) -> list
     grid = [dataclasses.replace(configured, name="confidence")] + [
         dataclasses.replace(configured, name="baseline", lift=h, z=z) for z in zs for h in lifts
     ]
+    families = scratch / "sweep-families.parquet"  # each setting's DAG, for B.9 to read
     rows = []
     for criterion in grid:
         name = criterion.name
@@ -174,7 +175,6 @@ def sweep(scratch: Path, seed: int, lifts: list[float], zs: list[float]) -> list
             graph, report["equivalents"], totals, settings.hierarchy.dense_coverage
         )
         recovered = family_recovery(sorted(graph.edges), part, obj)
-        families = scratch / "sweep-families.parquet"
         write_parquet(families_table(graph), families)
         row = {
             "seed": seed,

@@ -33,6 +33,14 @@ class TrainedRun:
     families: pa.Table | None
 
 
+def run_dinoiser(settings: Settings, layout: RunLayout) -> Path | None:
+    """The DINOiser head a run's models read: the released checkpoint when one is
+    configured, else the one the run trained; None when the DINOiser is disabled."""
+    if not settings.dinoiser.enabled:
+        return None
+    return Path(settings.dinoiser.checkpoint or layout.dinoiser_weights)
+
+
 def load_trained_run(
     settings: Settings, results: str | Path, command: str, extra: Sequence[str] = ()
 ) -> TrainedRun:
@@ -47,9 +55,9 @@ def load_trained_run(
         "names": Path(layout.names),
         **{name: Path(getattr(layout, name)) for name in extra},
     }
-    if settings.dinoiser.enabled:  # the released head when configured, else the trained one
-        released = settings.dinoiser.checkpoint
-        needed["dinoiser"] = Path(released or layout.dinoiser_weights)
+    dinoiser = run_dinoiser(settings, layout)
+    if dinoiser is not None:
+        needed["dinoiser"] = dinoiser
     require_run_files(needed, command)
     frozen = model_bundle(settings, needed.get("dinoiser"))
     device = resolve_device(settings.device)
